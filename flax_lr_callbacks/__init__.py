@@ -1,0 +1,37 @@
+"""flax_lr_callbacks: learning-rate callbacks for Flax that run inside the jitted train step."""
+
+from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.callbacks.base import StepContext
+from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
+from flax_lr_callbacks.callbacks.progress import ProgressBar
+from flax_lr_callbacks.callbacks.schedule import LRSchedule
+from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
+from flax_lr_callbacks.data.grain import ArrayDataset
+from flax_lr_callbacks.hyperparams import get_hyperparam
+from flax_lr_callbacks.hyperparams import get_hyperparams
+from flax_lr_callbacks.hyperparams import injectable
+from flax_lr_callbacks.hyperparams import set_hyperparam
+from flax_lr_callbacks.hyperparams import set_hyperparams
+from flax_lr_callbacks.loggers.tensorboard import TensorBoardLogger
+from flax_lr_callbacks.trainer import Trainer
+from flax_lr_callbacks.trainer import TrainerState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayDataset",
+    "Callback",
+    "LRSchedule",
+    "LearningRateMonitor",
+    "ProgressBar",
+    "StepContext",
+    "TensorBoardLogger",
+    "Trainer",
+    "TrainerState",
+    "get_hyperparam",
+    "get_hyperparams",
+    "injectable",
+    "load_fashion_mnist",
+    "set_hyperparam",
+    "set_hyperparams",
+]

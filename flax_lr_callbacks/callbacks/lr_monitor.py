@@ -1,0 +1,83 @@
+"""LearningRateMonitor: logs the hyperparameters applied at every step."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from flax_lr_callbacks.callbacks.base import Callback, hparam_key, parse_hparam_key
+
+__all__ = ["LearningRateMonitor"]
+
+_MOMENTUM_NAMES = ("momentum", "b1")
+
+
+class LearningRateMonitor(Callback):
+    """Logs the learning rate (and momentum or Adam's ``b1``) applied at each step.
+
+    The value logged for step t is the one the optimizer used at step t (after every schedule
+    and modifier), with t the 0-based step of the fit. Values are recorded on device inside the
+    train step and written at log points, so the monitor adds no per-step host transfer.
+
+    Tags: ``lr`` and ``momentum`` (or ``b1``) for a single optimizer group; ``lr/<group>`` and
+    ``momentum/<group>`` when there are several (`optax.multi_transform` labels). The values are
+    also kept in `history` (``{tag: (steps, values)}``) for plotting without a logger.
+
+    Differences from Lightning's monitor: it reads the value actually applied in the jitted
+    step (Lightning reads the scheduler before the step), and ``logging_interval="epoch"``
+    logs the value at the first step of each epoch.
+
+    Args:
+      logging_interval: ``"step"`` (default) or ``"epoch"``.
+      log_momentum: also log ``momentum`` / ``b1`` where the optimizer has it. Default True.
+
+    Example:
+      >>> monitor = LearningRateMonitor(logging_interval="step")
+    """
+
+    def __init__(self, logging_interval: Literal["step", "epoch"] = "step", *,
+                 log_momentum: bool = True):
+        if logging_interval not in ("step", "epoch"):
+            raise ValueError(
+                f"logging_interval must be one of ['step', 'epoch'], got {logging_interval=}"
+            )
+        self.logging_interval = logging_interval
+        self.log_momentum = log_momentum
+        self.history: dict[str, tuple[list[int], list[float]]] = {}
+
+    def on_fit_start(self, trainer: Any, state: Any) -> None:
+        self.history = {}
+
+    def _tags(self, keys: list[str]) -> dict[str, str]:
+        """Record key -> tag for the hyperparameters worth logging."""
+        groups: dict[str, set[str]] = {}
+        for key in keys:
+            parsed = parse_hparam_key(key)
+            if parsed:
+                groups.setdefault(parsed[0], set()).add(parsed[1])
+        several = len([g for g, names in groups.items() if "learning_rate" in names]) > 1
+        tags = {}
+        for group, names in groups.items():
+            suffix = f"/{group}" if several else ""
+            if "learning_rate" in names:
+                tags[hparam_key(group, "learning_rate")] = "lr" + suffix
+            if self.log_momentum:
+                for name in _MOMENTUM_NAMES:
+                    if name in names:
+                        tags[hparam_key(group, name)] = name + suffix
+                        break
+        return tags
+
+    def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
+        steps = history["step"]
+        keep = np.ones(len(steps), bool)
+        if self.logging_interval == "epoch":
+            keep = steps % trainer.steps_per_epoch == 0
+        for key, tag in self._tags(list(history)).items():
+            logged_steps, values = self.history.setdefault(tag, ([], []))
+            for step, value in zip(steps[keep], history[key][keep]):
+                logged_steps.append(int(step))
+                values.append(float(value))
+                if trainer.logger is not None:
+                    trainer.logger.log_metrics({tag: float(value)}, step=int(step))

@@ -1,0 +1,54 @@
+"""ProgressBar: a tqdm bar with epoch, step, loss and LR, refreshed at log points only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from flax_lr_callbacks.callbacks.base import Callback, parse_hparam_key
+
+__all__ = ["ProgressBar"]
+
+
+class ProgressBar(Callback):
+    """Shows training progress. Added by default; ``Trainer(enable_progress_bar=False)`` drops it.
+
+    It advances only at log points (it reads the values the Trainer fetched there anyway), so it
+    adds no host sync to the step loop.
+
+    Args:
+      leave: keep the finished bar on screen.
+    """
+
+    def __init__(self, *, leave: bool = True):
+        self.leave = leave
+        self._bar = None
+        self._postfix: dict[str, str] = {}
+
+    def on_fit_start(self, trainer: Any, state: Any) -> None:
+        self._bar = tqdm(total=trainer.total_steps, leave=self.leave, unit="step",
+                         dynamic_ncols=True)
+
+    def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
+        self._bar.set_description(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs_planned}")
+
+    def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
+        postfix = self._postfix
+        postfix["loss"] = f"{history['loss'][-1]:.4g}"
+        for key, values in history.items():
+            parsed = parse_hparam_key(key)
+            if parsed and parsed[1] == "learning_rate":
+                postfix["lr" if parsed[0] == "default" else f"lr/{parsed[0]}"] = f"{values[-1]:.3g}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(len(history["step"]))
+
+    def on_validation_end(self, trainer: Any, state: Any) -> None:
+        self._postfix.update({k: f"{v:.4g}" for k, v in trainer.callback_metrics.items()
+                              if k.startswith("val_")})
+        self._bar.set_postfix(self._postfix)
+
+    def on_fit_end(self, trainer: Any, state: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

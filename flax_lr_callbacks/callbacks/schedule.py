@@ -1,0 +1,78 @@
+"""LRSchedule: any optax schedule (or ``step -> value`` function), evaluated in-graph."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from flax_lr_callbacks.callbacks.base import Callback, StepContext
+from flax_lr_callbacks.hyperparams import Hyperparams
+
+__all__ = ["LRSchedule"]
+
+Unit = Literal["step", "epoch"]
+
+
+def check_unit(unit: str) -> None:
+    if unit not in ("step", "epoch"):
+        raise ValueError(f"unit must be one of ['step', 'epoch'], got unit={unit!r}")
+
+
+def clock(ctx: StepContext, unit: str) -> jax.Array:
+    """The count a schedule reads: the step, or the epoch for ``unit='epoch'``."""
+    return ctx.step if unit == "step" else ctx.epoch
+
+
+class LRSchedule(Callback):
+    """Sets a hyperparameter from a schedule at every step, inside the jitted train step.
+
+    The schedule is traced into the step, so it costs no host work and never retraces. With
+    ``unit="epoch"`` it reads the epoch instead of the step (``schedule(step //
+    steps_per_epoch)``): the value changes at the first step of each epoch, which is what
+    PyTorch's per-epoch ``scheduler.step()`` and Keras' ``LearningRateScheduler`` give.
+
+    The clock is the Trainer's step of this fit (0-based; a resume restores it), not the
+    optimizer's own count, so it is also exact under `optax.MultiSteps` (one call per
+    micro-batch) and needs no `inject_hyperparams` schedule, which callbacks could not change.
+
+    Args:
+      schedule: an optax schedule or any jit-able ``count -> value`` function.
+      unit: ``"step"`` (default) or ``"epoch"``.
+      hyperparam: the injected hyperparameter to set (default ``"learning_rate"``).
+      groups: optimizer groups to set (default: every group that has `hyperparam`).
+
+    Example:
+      >>> import optax
+      >>> cb = LRSchedule(optax.cosine_decay_schedule(0.1, 1000), unit="step")
+      >>> momentum = LRSchedule(lambda e: 0.9 - 0.01 * e, unit="epoch", hyperparam="momentum")
+    """
+
+    def __init__(
+        self,
+        schedule: Callable[[jax.Array], Any],
+        unit: Unit = "step",
+        *,
+        hyperparam: str = "learning_rate",
+        groups: tuple[str, ...] | None = None,
+    ):
+        if not callable(schedule):
+            raise TypeError(f"schedule must be callable (count -> value), got {schedule!r}")
+        check_unit(unit)
+        self.schedule = schedule
+        self.unit = unit
+        self.hyperparam = hyperparam
+        self.sets = (hyperparam,)
+        self.groups = None if groups is None else tuple(groups)
+
+    def rule(self, ctx: StepContext, hparams: Hyperparams, state: Any):
+        value = jnp.asarray(self.schedule(clock(ctx, self.unit)), jnp.float32)
+        for g in self.target_groups(hparams, self.hyperparam):
+            hparams[g][self.hyperparam] = value
+        return hparams, state
+
+    def __repr__(self) -> str:
+        name = getattr(self.schedule, "__name__", type(self.schedule).__name__)
+        return f"LRSchedule({name}, unit={self.unit!r}, hyperparam={self.hyperparam!r})"

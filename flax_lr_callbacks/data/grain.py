@@ -1,0 +1,93 @@
+"""In-memory arrays as Grain `MapDataset`s of batches, reshuffled every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+__all__ = ["ArrayDataset", "as_batches"]
+
+
+class ArrayDataset:
+    """Batches of in-memory arrays, one Grain `MapDataset` per epoch.
+
+    Epoch ``e`` is a random permutation drawn from ``seed + e``: every epoch has a different
+    order, and the same seed gives the same orders on every run and every resume. The
+    permutation is drawn in one vectorized call and each batch is one fancy-indexing gather,
+    because Grain's per-element ``shuffle().batch()`` costs about 1.6 s of Python per
+    Fashion-MNIST epoch on a 2-core machine, more than the small CNN's step time allows.
+
+    Random access by batch index is what makes exact resume cheap: the position in an epoch is
+    just ``(epoch, batch_index)``, and ``for_epoch(e)[i:]`` continues from batch ``i``.
+
+    Args:
+      arrays: a pytree (e.g. ``{"image": x, "label": y}``) of arrays with equal first dims.
+      batch_size: examples per batch (>= 1).
+      shuffle: reshuffle every epoch (default True). False keeps the stored order.
+      seed: base seed of the per-epoch permutations.
+      drop_remainder: drop the last incomplete batch (default True; keeps one compiled shape).
+
+    Example:
+      >>> import numpy as np
+      >>> ds = ArrayDataset({"x": np.zeros((10, 2)), "y": np.arange(10)}, batch_size=4)
+      >>> len(ds), ds.for_epoch(0)[0]["x"].shape
+      (2, (4, 2))
+    """
+
+    def __init__(self, arrays: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_remainder: bool = True):
+        leaves = jax.tree_util.tree_leaves(arrays)
+        if not leaves:
+            raise ValueError("arrays has no array leaves")
+        sizes = {len(a) for a in leaves}
+        if len(sizes) != 1:
+            raise ValueError(f"arrays must share their first dimension, got sizes {sorted(sizes)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size=}")
+        self.arrays = jax.tree_util.tree_map(np.asarray, arrays)
+        self.num_examples = sizes.pop()
+        if drop_remainder and batch_size > self.num_examples:
+            raise ValueError(
+                f"batch_size={batch_size} exceeds the {self.num_examples} examples with "
+                "drop_remainder=True: no batch would be produced"
+            )
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_remainder = drop_remainder
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_remainder else -(-n // b)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Example order of `epoch`."""
+        if not self.shuffle:
+            return np.arange(self.num_examples)
+        return np.random.default_rng(self.seed + epoch).permutation(self.num_examples)
+
+    def for_epoch(self, epoch: int) -> grain.MapDataset:
+        """The batches of `epoch` as a Grain `MapDataset` (random access, sliceable)."""
+        order = self.permutation(epoch)
+        arrays, b = self.arrays, self.batch_size
+
+        def gather(i: int) -> Any:
+            idx = order[i * b:(i + 1) * b]
+            return jax.tree_util.tree_map(lambda a: a[idx], arrays)
+
+        return grain.MapDataset.range(len(self)).map(gather)
+
+    def __iter__(self):
+        """Iterates epoch 0 (so an `ArrayDataset` also works where any iterable does)."""
+        ds = self.for_epoch(0)
+        return (ds[i] for i in range(len(ds)))
+
+
+def as_batches(arrays: Mapping[str, np.ndarray], batch_size: int) -> ArrayDataset:
+    """Unshuffled batches, keeping the last partial one: the usual evaluation split."""
+    return ArrayDataset(arrays, batch_size, shuffle=False, drop_remainder=False)

@@ -1,0 +1,263 @@
+"""Find, read and write optax-injected hyperparameters inside any optimizer state.
+
+This is the only module that knows where `optax.inject_hyperparams` keeps its values. Every
+callback, the Trainer and the drop-in API go through it, so the traps below are handled once:
+
+* `inject_hyperparams` silently ignores writes to a hyperparameter that was given as a
+  schedule (its value is recomputed from the schedule on every update). Targeting one raises a
+  `TypeError` that says how to fix it.
+* Writes keep the stored dtype, so a Python float written into a float32 slot can never change
+  the traced signature of a jitted step (invariant 1: one compile).
+* `optax.tree.get/set` match by key name anywhere in the tree, which is ambiguous under
+  `multi_transform`. Here the state is walked by path and every injected node becomes a named
+  *group*: the `multi_transform` label (or the path of dict keys) leading to it, or
+  ``"default"`` when there is a single unlabelled one. `MultiSteps`, `chain`, `masked` and
+  nested combinations are found the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "Hyperparams",
+    "DEFAULT_GROUP",
+    "injectable",
+    "find_groups",
+    "get_hyperparams",
+    "set_hyperparams",
+    "get_hyperparam",
+    "set_hyperparam",
+    "check_targets",
+    "scheduled_names",
+]
+
+DEFAULT_GROUP = "default"
+
+# group label -> hyperparameter name -> scalar value
+Hyperparams = dict[str, dict[str, jax.Array]]
+
+_INJECT_TYPES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+
+# Names users schedule; passing a callable for one of these to `injectable` is almost always
+# a mistake (our callbacks could no longer write it), so it is refused with a hint.
+_SCHEDULABLE = ("learning_rate", "momentum", "b1", "b2", "weight_decay", "eps")
+
+
+def _is_inject(node: Any) -> bool:
+    return isinstance(node, _INJECT_TYPES)
+
+
+def _path_label(path: tuple) -> str:
+    keys = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.DictKey):
+            keys.append(str(entry.key))
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            keys.append(str(entry.idx))
+    return "/".join(keys)
+
+
+def _dict_label(path: tuple) -> str:
+    return "/".join(
+        str(e.key) for e in path if isinstance(e, jax.tree_util.DictKey)
+    )
+
+
+def _inject_nodes(opt_state: Any) -> list[tuple[tuple, Any]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=_is_inject)
+    return [(path, node) for path, node in flat if _is_inject(node)]
+
+
+def find_groups(opt_state: Any) -> dict[str, Any]:
+    """Returns ``{group_label: injected_state_node}`` for every injected node in `opt_state`.
+
+    A single unlabelled node is called ``"default"``. Under `optax.multi_transform` the label is
+    the partition label. Nodes that dict keys alone cannot tell apart are labelled by their full
+    path (sequence indices included).
+
+    Raises:
+      TypeError: if `opt_state` holds no injected hyperparameters.
+    """
+    nodes = _inject_nodes(opt_state)
+    if not nodes:
+        raise TypeError(
+            "optimizer has no injectable hyperparameters; build it with "
+            "optax.inject_hyperparams(optax.sgd)(learning_rate=0.1) or "
+            "flax_lr_callbacks.injectable(optax.sgd, learning_rate=0.1)"
+        )
+    labels = [_dict_label(p) for p, _ in nodes]
+    if len(set(labels)) != len(labels):
+        labels = [_path_label(p) for p, _ in nodes]
+    if len(nodes) == 1:
+        labels = [labels[0] or DEFAULT_GROUP]
+    labels = [label or DEFAULT_GROUP for label in labels]
+    return dict(zip(labels, (n for _, n in nodes)))
+
+
+def scheduled_names(node: Any) -> frozenset[str]:
+    """Names that `inject_hyperparams` recomputes from a schedule on every update."""
+    return frozenset(getattr(node, "hyperparams_states", {}) or {})
+
+
+def get_hyperparams(opt_state: Any) -> Hyperparams:
+    """Returns ``{group: {name: value}}`` of every injected hyperparameter. Jit-safe."""
+    return {g: dict(node.hyperparams) for g, node in find_groups(opt_state).items()}
+
+
+def get_hyperparam(opt_state: Any, name: str, group: str | None = None) -> jax.Array:
+    """Returns one hyperparameter's value; `group` may be omitted when there is one group."""
+    groups = find_groups(opt_state)
+    if group is None:
+        having = [g for g, n in groups.items() if name in n.hyperparams]
+        if len(having) != 1:
+            _raise_unknown_or_ambiguous(name, groups, having)
+        group = having[0]
+    if group not in groups:
+        raise KeyError(f"unknown group {group!r}; groups are {sorted(groups)}")
+    if name not in groups[group].hyperparams:
+        _raise_unknown_or_ambiguous(name, groups, [])
+    return groups[group].hyperparams[name]
+
+
+def _raise_unknown_or_ambiguous(name: str, groups: Mapping[str, Any], having: list[str]):
+    if having:
+        raise KeyError(
+            f"hyperparameter {name!r} exists in several groups {having}; pass group=..."
+        )
+    available = sorted({k for n in groups.values() for k in n.hyperparams})
+    raise KeyError(
+        f"optimizer has no injectable {name!r}; injected hyperparameters are {available}. "
+        f"Build it with optax.inject_hyperparams(optax.sgd)({name}=0.1) or "
+        f"flax_lr_callbacks.injectable(optax.sgd, {name}=0.1)"
+    )
+
+
+def _cast_like(value: Any, like: jax.Array) -> jax.Array:
+    # Same dtype as the stored value, so writes never change a jitted step's signature.
+    return jnp.asarray(value, dtype=jnp.result_type(like))
+
+
+def set_hyperparams(opt_state: Any, values: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Returns `opt_state` with ``values[group][name]`` written. Jit-safe; dtype preserved.
+
+    Only the listed groups/names change. Values for scheduled or unknown names raise, because
+    optax would otherwise drop them silently.
+    """
+    groups = find_groups(opt_state)
+    for group, names in values.items():
+        if group not in groups:
+            raise KeyError(f"unknown group {group!r}; groups are {sorted(groups)}")
+        check_targets(opt_state, names, owner="set_hyperparams", groups=[group])
+    node_to_group = {id(n): g for g, n in groups.items()}
+
+    def replace(node):
+        if not _is_inject(node):
+            return node
+        group = node_to_group[id(node)]
+        if group not in values:
+            return node
+        hp = dict(node.hyperparams)
+        for name, v in values[group].items():
+            hp[name] = _cast_like(v, hp[name])
+        return node._replace(hyperparams=hp)
+
+    return jax.tree_util.tree_map(replace, opt_state, is_leaf=_is_inject)
+
+
+def set_hyperparam(opt_state: Any, name: str, value: Any, group: str | None = None) -> Any:
+    """Writes one hyperparameter into every group that has it (or only `group`)."""
+    groups = find_groups(opt_state)
+    targets = [group] if group is not None else [
+        g for g, n in groups.items() if name in n.hyperparams
+    ]
+    if not targets:
+        _raise_unknown_or_ambiguous(name, groups, [])
+    return set_hyperparams(opt_state, {g: {name: value} for g in targets})
+
+
+def check_targets(
+    opt_state: Any,
+    names: Iterable[str],
+    *,
+    owner: str,
+    groups: Iterable[str] | None = None,
+) -> None:
+    """Raises a helpful error if `owner` cannot write each of `names` in `groups`.
+
+    Raises:
+      TypeError: the optimizer is not injected, or a name was given to optax as a schedule.
+      KeyError: a name is not an injected hyperparameter of a targeted group.
+    """
+    found = find_groups(opt_state)
+    selected = list(found) if groups is None else list(groups)
+    for name in names:
+        present = [g for g in selected if g in found and name in found[g].hyperparams]
+        if not present:
+            _raise_unknown_or_ambiguous(name, {g: found[g] for g in selected if g in found}, [])
+        for g in present:
+            if name in scheduled_names(found[g]):
+                raise TypeError(
+                    f"{owner} writes {name!r} (group {g!r}), but the optimizer was given a "
+                    f"schedule for it, and optax.inject_hyperparams ignores writes to "
+                    f"scheduled hyperparameters. Pass a plain float instead "
+                    f"({name}=0.1) and move the schedule into a callback: "
+                    f"LRSchedule(schedule, hyperparam={name!r})"
+                )
+
+
+def injectable(
+    factory: Callable[..., optax.GradientTransformation],
+    *,
+    static_args: Iterable[str] = (),
+    **hparams: Any,
+) -> optax.GradientTransformation:
+    """Builds ``factory(**hparams)`` with every numeric argument injected as float32.
+
+    Equivalent to ``optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(...)`` with
+    two safety nets: integer values are stored as float32 (an int32 slot could never hold a
+    decayed value), and booleans, strings, dtypes and other non-numeric arguments are marked
+    static so optax does not mistake them for schedules.
+
+    Args:
+      factory: an optax optimizer factory such as `optax.sgd` or `optax.adamw`.
+      static_args: extra argument names to keep static (callables that are not schedules).
+      **hparams: the factory's arguments.
+
+    Raises:
+      TypeError: if a commonly scheduled argument (``learning_rate``, ``momentum``, ``b1``, ...)
+        is given as a schedule; pass a float and use `LRSchedule` instead, so callbacks can
+        write it.
+
+    Example:
+      >>> import optax
+      >>> tx = injectable(optax.sgd, learning_rate=0.1, momentum=0.9)
+    """
+    static = set(static_args)
+    values = {}
+    for name, value in hparams.items():
+        if name in static or isinstance(value, bool) or value is None:
+            static.add(name)
+            values[name] = value
+        elif isinstance(value, (int, float, np.integer, np.floating)):
+            values[name] = float(value)
+        elif isinstance(value, (jax.Array, np.ndarray)):
+            values[name] = jnp.asarray(value, jnp.float32)
+        elif callable(value) and name in _SCHEDULABLE:
+            raise TypeError(
+                f"{name} was given a schedule; callbacks cannot write scheduled "
+                f"hyperparameters. Pass a float ({name}=0.1) and add "
+                f"LRSchedule(schedule, hyperparam={name!r}) to the Trainer's callbacks"
+            )
+        else:
+            static.add(name)
+            values[name] = value
+    return optax.inject_hyperparams(
+        factory, static_args=tuple(sorted(static)), hyperparam_dtype=jnp.float32
+    )(**values)

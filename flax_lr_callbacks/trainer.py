@@ -1,0 +1,414 @@
+"""Trainer: a minimal fit/validate loop that hosts LR callbacks inside one jitted step.
+
+How the three invariants are kept:
+
+1. *One compile.* Everything that changes during a fit (step counters, callback state, the
+   base hyperparameters, the metric buffer) is a traced argument of one jitted step that is
+   built once per Trainer. Host writes go through `update_callback_state`, which keeps dtype
+   and sharding.
+2. *No hidden host sync.* Per-step records (loss, metrics, applied hyperparameters) are written
+   into a device ring buffer of ``log_every_n_steps`` rows inside the step. The host fetches
+   the buffer in one transfer at log points (every ``log_every_n_steps`` steps and at the end
+   of each epoch) and never in between.
+3. *Resume.* All of that state is one pytree (`TrainerState`), so a checkpoint of it plus the
+   host counters is complete.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_lr_callbacks import hyperparams as hp_lib
+from flax_lr_callbacks.callbacks.base import Callback, StepContext, hparam_key
+
+__all__ = ["Trainer", "TrainerState"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainerState(NamedTuple):
+    """Everything the jitted train step carries from one step to the next."""
+
+    train_state: Any  # e.g. flax TrainState (params, opt_state with injected hparams, step)
+    base_hparams: hp_lib.Hyperparams  # values rules start from each step
+    callback_states: tuple  # one device pytree per callback
+    key: jax.Array  # base PRNG key; step t uses fold_in(key, t)
+    step: jax.Array  # int32 step of this fit (the schedule clock)
+    steps_per_epoch: jax.Array
+    total_steps: jax.Array
+    buffer: dict[str, jax.Array]  # ring buffer of per-step records, log_every_n_steps rows
+
+
+def _batch_size(batch: Any) -> int:
+    leaves = jax.tree_util.tree_leaves(batch)
+    if not leaves:
+        raise ValueError("a batch has no array leaves")
+    return int(np.shape(leaves[0])[0])
+
+
+class Trainer:
+    """Fits a Flax train state with LR callbacks running inside one jitted step.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> loss`` or ``-> (loss, {name: scalar})``. If it has an
+        ``rng`` parameter it receives a per-step key in training and ``rng=None`` in
+        validation (treat ``None`` as deterministic mode).
+      max_epochs: epochs to run (>= 1). Default 1.
+      max_steps: optional cap on total steps (>= 1); training stops when it is reached.
+      steps_per_epoch: batches per epoch for data without ``len()``; must be given then.
+      callbacks: `Callback` instances. A `ProgressBar` is added unless one is given or
+        ``enable_progress_bar=False``.
+      logger: e.g. `TensorBoardLogger`; receives train metrics at log points, validation
+        metrics at epoch ends, and whatever callbacks log.
+      log_every_n_steps: steps between log points (>= 1). Default 50. Also the size of the
+        on-device metric buffer.
+      seed: seeds the per-step PRNG keys handed to ``loss_fn(rng=...)``.
+      eval_fn: optional ``eval_fn(params, batch) -> {name: scalar}`` for extra validation
+        metrics (reported as ``val_<name>``, averaged over examples).
+      enable_progress_bar: add a default `ProgressBar`.
+
+    Example:
+      >>> trainer = Trainer(loss_fn, max_epochs=3, callbacks=[LRSchedule(sched)])
+      >>> state = trainer.fit(state, train_data, val_data)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable[..., Any],
+        *,
+        max_epochs: int | None = 1,
+        max_steps: int | None = None,
+        steps_per_epoch: int | None = None,
+        callbacks: Sequence[Callback] = (),
+        logger: Any = None,
+        log_every_n_steps: int = 50,
+        seed: int = 0,
+        eval_fn: Callable[[Any, Any], dict[str, Any]] | None = None,
+        enable_progress_bar: bool = True,
+    ):
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
+        if max_epochs is None and max_steps is None:
+            raise ValueError("give max_epochs or max_steps (both are None)")
+        for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps),
+                            ("steps_per_epoch", steps_per_epoch)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
+        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
+            raise ValueError(
+                f"log_every_n_steps must be an int >= 1, got {log_every_n_steps=}"
+            )
+        callbacks = list(callbacks)
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+        from flax_lr_callbacks.callbacks.progress import ProgressBar
+
+        if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(ProgressBar())
+        self.loss_fn = loss_fn
+        self.max_epochs = max_epochs
+        self.max_steps = max_steps
+        self.steps_per_epoch_arg = steps_per_epoch
+        self.callbacks = callbacks
+        self.logger = logger
+        self.log_every_n_steps = log_every_n_steps
+        self.seed = seed
+        self.eval_fn = eval_fn
+        self._loss_takes_rng = "rng" in inspect.signature(loss_fn).parameters
+
+        # Host counters and results, readable by callbacks.
+        self.global_step = 0
+        self.current_epoch = 0
+        self.steps_per_epoch = 0
+        self.total_steps = 0
+        self.max_epochs_planned = 0
+        self.callback_metrics: dict[str, float] = {}
+        self.should_stop = False
+        self.trainer_state: TrainerState | None = None
+        self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
+        self._window_start = 0
+        self._train_step = jax.jit(self._step, donate_argnums=0)
+        self._eval_step = jax.jit(self._eval_batch)
+
+    # ------------------------------------------------------------------ in-graph pieces
+    def _ordered_rules(self) -> list[int]:
+        """Indices of callbacks with a rule: plain ones, then setters, then modifiers."""
+        with_rule = [i for i, c in enumerate(self.callbacks) if c.has_rule]
+        setters = [i for i in with_rule if self.callbacks[i].sets]
+        modifiers = [i for i in with_rule if self.callbacks[i].scales and i not in setters]
+        others = [i for i in with_rule if i not in setters and i not in modifiers]
+        return others + setters + modifiers
+
+    def apply_rules(self, ts: TrainerState) -> tuple[hp_lib.Hyperparams, tuple]:
+        """Runs every callback rule for step ``ts.step``; returns hparams and new states."""
+        ctx = StepContext(
+            step=ts.step,
+            epoch=ts.step // ts.steps_per_epoch,
+            steps_per_epoch=ts.steps_per_epoch,
+            total_steps=ts.total_steps,
+        )
+        hparams = {g: dict(v) for g, v in ts.base_hparams.items()}
+        states = list(ts.callback_states)
+        for i in self._ordered_rules():
+            hparams, states[i] = self.callbacks[i].rule(ctx, hparams, states[i])
+        return hparams, tuple(states)
+
+    def _loss(self, params, batch, rng):
+        out = self.loss_fn(params, batch, rng=rng) if self._loss_takes_rng else self.loss_fn(
+            params, batch
+        )
+        if isinstance(out, tuple):
+            if len(out) != 2 or not isinstance(out[1], dict):
+                raise TypeError("loss_fn must return loss or (loss, {name: scalar})")
+            return out
+        return out, {}
+
+    def _step(self, ts: TrainerState, batch: Any) -> TrainerState:
+        self.num_step_traces += 1  # Python side effect: runs only when tracing
+        hparams, cb_states = self.apply_rules(ts)
+        state = ts.train_state
+        state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, hparams))
+        rng = jax.random.fold_in(ts.key, ts.step)
+        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state.params, batch, rng
+        )
+        state = state.apply_gradients(grads=grads)
+        record = self._record(loss, metrics, hparams)
+        slot = ts.step % self.log_every_n_steps
+        buffer = {k: b.at[slot].set(record[k]) for k, b in ts.buffer.items()}
+        return ts._replace(
+            train_state=state, callback_states=cb_states, step=ts.step + 1, buffer=buffer
+        )
+
+    @staticmethod
+    def _record(loss, metrics, hparams) -> dict[str, jax.Array]:
+        record = {"loss": loss, **{f"train_{k}": v for k, v in metrics.items()}}
+        for g, names in hparams.items():
+            for n, v in names.items():
+                record[hparam_key(g, n)] = v
+        return {k: jnp.asarray(v, jnp.float32) for k, v in record.items()}
+
+    def _empty_buffer(self, ts: TrainerState, batch: Any) -> dict[str, jax.Array]:
+        def record_only(ts, batch):
+            hparams, _ = self.apply_rules(ts)
+            loss, metrics = self._loss(ts.train_state.params, batch, ts.key)
+            return self._record(loss, metrics, hparams)
+
+        shapes = jax.eval_shape(record_only, ts, batch)
+        n = self.log_every_n_steps
+        return {k: jnp.zeros((n,), jnp.float32) for k in shapes}
+
+    def _eval_batch(self, params: Any, batch: Any) -> dict[str, jax.Array]:
+        out = self.loss_fn(params, batch, rng=None) if self._loss_takes_rng else self.loss_fn(
+            params, batch
+        )
+        loss, metrics = (out if isinstance(out, tuple) else (out, {}))
+        values = {"loss": loss, **metrics}
+        if self.eval_fn is not None:
+            values.update(self.eval_fn(params, batch))
+        n = jnp.asarray(_batch_size(batch), jnp.float32)
+        sums = {k: jnp.asarray(v, jnp.float32) * n for k, v in values.items()}
+        sums["_count"] = n
+        return sums
+
+    # ------------------------------------------------------------------ set-up
+    def _resolve_steps_per_epoch(self, data: Any) -> int:
+        if self.steps_per_epoch_arg is not None:
+            return self.steps_per_epoch_arg
+        try:
+            n = len(data)
+        except TypeError:
+            raise ValueError(
+                "train_data has no len(); pass Trainer(steps_per_epoch=...)"
+            ) from None
+        if n < 1:
+            raise ValueError(f"train_data is empty (len(train_data)={n})")
+        return n
+
+    def _check_callbacks(self, opt_state: Any, hparams: hp_lib.Hyperparams) -> None:
+        owners: dict[tuple[str, str], Callback] = {}
+        for cb in self.callbacks:
+            names = tuple(cb.sets) + tuple(cb.scales)
+            if not names:
+                continue
+            hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
+            for name in cb.sets:
+                for g in cb.target_groups(hparams, name):
+                    other = owners.setdefault((g, name), cb)
+                    if other is not cb:
+                        raise ValueError(
+                            f"{other!r} and {cb!r} both set {name!r} (group {g!r}); keep one,"
+                            " or combine them with Sequential / Warmup"
+                        )
+
+    def init_trainer_state(self, state: Any, steps_per_epoch: int, total_steps: int,
+                           first_batch: Any) -> TrainerState:
+        """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
+        base = hp_lib.get_hyperparams(state.opt_state)
+        self._check_callbacks(state.opt_state, base)
+        # The step donates its input; copy so the caller's arrays stay valid.
+        state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
+        base = {g: {n: jnp.asarray(v, jnp.float32) for n, v in d.items()}
+                for g, d in base.items()}
+        cb_states = tuple(
+            jax.tree_util.tree_map(jnp.asarray, cb.init_state(self, base))
+            for cb in self.callbacks
+        )
+        ts = TrainerState(
+            train_state=state,
+            base_hparams=base,
+            callback_states=cb_states,
+            key=jax.random.PRNGKey(self.seed),
+            step=jnp.zeros((), jnp.int32),
+            steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
+            total_steps=jnp.asarray(total_steps, jnp.int32),
+            buffer={},
+        )
+        return ts._replace(buffer=self._empty_buffer(ts, first_batch))
+
+    # ------------------------------------------------------------------ host access
+    def callback_state(self, callback: Callback) -> Any:
+        """The device state of `callback` in the running fit."""
+        return self.trainer_state.callback_states[self.callbacks.index(callback)]
+
+    def update_callback_state(self, callback: Callback, **values: Any) -> None:
+        """Writes host values into fields of `callback`'s device state without retracing.
+
+        Each value is cast to the field's dtype and placed with its sharding.
+        """
+        i = self.callbacks.index(callback)
+        old = self.trainer_state.callback_states[i]
+        fields = old._asdict() if hasattr(old, "_asdict") else dict(old)
+        for name, v in values.items():
+            if name not in fields:
+                raise KeyError(f"{callback!r} state has no field {name!r}; has {sorted(fields)}")
+            cur = fields[name]
+            fields[name] = jax.device_put(np.asarray(v, dtype=cur.dtype), cur.sharding)
+        new = type(old)(**fields) if hasattr(old, "_asdict") else fields
+        states = list(self.trainer_state.callback_states)
+        states[i] = new
+        self.trainer_state = self.trainer_state._replace(callback_states=tuple(states))
+
+    def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
+        """Sets the base value of an injected hyperparameter (the value rules start from)."""
+        base = {g: dict(d) for g, d in self.trainer_state.base_hparams.items()}
+        targets = [group] if group else [g for g in base if name in base[g]]
+        if not targets or any(name not in base.get(g, {}) for g in targets):
+            raise TypeError(f"optimizer has no injectable {name!r} in groups {targets or list(base)}")
+        for g in targets:
+            cur = base[g][name]
+            base[g][name] = jax.device_put(np.asarray(value, cur.dtype), cur.sharding)
+        self.trainer_state = self.trainer_state._replace(base_hparams=base)
+
+    # ------------------------------------------------------------------ the loop
+    def _epoch_batches(self, data: Any, epoch: int) -> Iterable[Any]:
+        if hasattr(data, "for_epoch"):
+            data = data.for_epoch(epoch)
+        if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+            return (data[i] for i in range(len(data)))
+        return iter(data)
+
+    def _first_batch(self, data: Any) -> Any:
+        for batch in self._epoch_batches(data, 0):
+            return batch
+        raise ValueError("train_data yielded no batch")
+
+    def _call(self, hook: str, *args: Any) -> None:
+        state = self.trainer_state.train_state if self.trainer_state is not None else None
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, state, *args)
+
+    def fit(self, state: Any, train_data: Any, val_data: Any = None) -> Any:
+        """Trains `state` and returns the trained state. The caller's `state` is not modified.
+
+        Args:
+          state: a train state with ``params``, ``opt_state`` (injected hyperparameters),
+            ``replace`` and ``apply_gradients`` (flax `TrainState`).
+          train_data: a Grain `MapDataset`/`IterDataset` of batches, an `ArrayDataset`, or any
+            re-iterable of batch pytrees.
+          val_data: optional, same kinds; validated at each epoch end.
+        """
+        spe = self._resolve_steps_per_epoch(train_data)
+        epochs = self.max_epochs if self.max_epochs is not None else math.ceil(
+            self.max_steps / spe)
+        total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
+        self.steps_per_epoch, self.total_steps, self.max_epochs_planned = spe, total, epochs
+        self.global_step = self.current_epoch = self._window_start = 0
+        self.callback_metrics = {}
+        self.should_stop = False
+        self.trainer_state = self.init_trainer_state(
+            state, spe, total, self._first_batch(train_data)
+        )
+        self._call("on_fit_start")
+        try:
+            for epoch in range(epochs):
+                self.current_epoch = epoch
+                self._call("on_train_epoch_start")
+                for i, batch in enumerate(self._epoch_batches(train_data, epoch)):
+                    if i >= spe:
+                        break
+                    self.trainer_state = self._train_step(self.trainer_state, batch)
+                    self.global_step += 1
+                    self._call("on_train_batch_end")
+                    if self.global_step % self.log_every_n_steps == 0:
+                        self._log_point()
+                    if self.global_step >= total or self.should_stop:
+                        break
+                self._log_point()
+                if val_data is not None:
+                    self.callback_metrics.update(self.validate(
+                        self.trainer_state.train_state, val_data))
+                    if self.logger is not None:
+                        self.logger.log_metrics(
+                            {k: v for k, v in self.callback_metrics.items()
+                             if k.startswith("val_")}, step=self.global_step - 1)
+                    self._call("on_validation_end")
+                self._call("on_train_epoch_end")
+                if self.global_step >= total or self.should_stop:
+                    break
+            self._call("on_fit_end")
+        finally:
+            if self.logger is not None:
+                self.logger.finalize()
+        return self.trainer_state.train_state
+
+    def _log_point(self) -> None:
+        """Fetches the metric buffer in one transfer and hands the window to callbacks."""
+        start, end = self._window_start, self.global_step
+        if end <= start:
+            return
+        buffer = jax.device_get(self.trainer_state.buffer)
+        rows = np.arange(start, end) % self.log_every_n_steps
+        history = {"step": np.arange(start, end)}
+        history.update({k: np.asarray(v)[rows] for k, v in buffer.items()})
+        self._window_start = end
+        train = {"train_loss": float(history["loss"].mean())}
+        train.update({k: float(v.mean()) for k, v in history.items() if k.startswith("train_")})
+        self.callback_metrics.update(train)
+        if self.logger is not None:
+            self.logger.log_metrics(train, step=end - 1)
+        self._call("on_log", history)
+
+    def validate(self, state: Any, val_data: Any) -> dict[str, float]:
+        """Returns ``{"val_loss": ..., "val_<metric>": ...}`` averaged over all examples.
+
+        Batch sums stay on device and are fetched once at the end.
+        """
+        totals = None
+        for batch in self._epoch_batches(val_data, 0):
+            sums = self._eval_step(state.params, batch)
+            totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+        if totals is None:
+            raise ValueError("val_data yielded no batch")
+        totals = jax.device_get(totals)
+        count = float(totals.pop("_count"))
+        return {f"val_{k}": float(v) / count for k, v in totals.items()}
