@@ -120,7 +120,7 @@ def get_hyperparam(opt_state: Any, name: str, group: str | None = None) -> jax.A
             _raise_unknown_or_ambiguous(name, groups, having)
         group = having[0]
     if group not in groups:
-        raise KeyError(f"unknown group {group!r}; groups are {sorted(groups)}")
+        raise TypeError(f"unknown group {group!r}; groups are {sorted(groups)}")
     if name not in groups[group].hyperparams:
         _raise_unknown_or_ambiguous(name, groups, [])
     return groups[group].hyperparams[name]
@@ -128,14 +128,16 @@ def get_hyperparam(opt_state: Any, name: str, group: str | None = None) -> jax.A
 
 def _raise_unknown_or_ambiguous(name: str, groups: Mapping[str, Any], having: list[str]):
     if having:
-        raise KeyError(
+        raise TypeError(
             f"hyperparameter {name!r} exists in several groups {having}; pass group=..."
         )
     available = sorted({k for n in groups.values() for k in n.hyperparams})
-    raise KeyError(
-        f"optimizer has no injectable {name!r}; injected hyperparameters are {available}. "
-        f"Build it with optax.inject_hyperparams(optax.sgd)({name}=0.1) or "
-        f"flax_lr_callbacks.injectable(optax.sgd, {name}=0.1)"
+    example = "learning_rate=0.1" if name == "learning_rate" else f"learning_rate=0.1, {name}=..."
+    raise TypeError(
+        f"optimizer has no injectable {name!r} (injected: {available}); build it with "
+        f"optax.inject_hyperparams(optax.sgd)({example}) or "
+        f"flax_lr_callbacks.injectable(optax.sgd, {example}), using an optimizer that "
+        f"takes {name!r}"
     )
 
 
@@ -153,7 +155,7 @@ def set_hyperparams(opt_state: Any, values: Mapping[str, Mapping[str, Any]]) -> 
     groups = find_groups(opt_state)
     for group, names in values.items():
         if group not in groups:
-            raise KeyError(f"unknown group {group!r}; groups are {sorted(groups)}")
+            raise TypeError(f"unknown group {group!r}; groups are {sorted(groups)}")
         check_targets(opt_state, names, owner="set_hyperparams", groups=[group])
     node_to_group = {id(n): g for g, n in groups.items()}
 
@@ -192,8 +194,8 @@ def check_targets(
     """Raises a helpful error if `owner` cannot write each of `names` in `groups`.
 
     Raises:
-      TypeError: the optimizer is not injected, or a name was given to optax as a schedule.
-      KeyError: a name is not an injected hyperparameter of a targeted group.
+      TypeError: the optimizer is not injected, a name is not injected in a targeted group,
+        or a name was given to optax as a schedule.
     """
     found = find_groups(opt_state)
     selected = list(found) if groups is None else list(groups)

@@ -255,9 +255,10 @@ class Trainer:
         """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
         base = hp_lib.get_hyperparams(state.opt_state)
         self._check_callbacks(state.opt_state, base)
-        # The step donates its input; copy so the caller's arrays stay valid.
+        # The step donates its whole input, so nothing in it may alias the caller's arrays
+        # (or another leaf of the input): copy the state and, separately, the base values.
         state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
-        base = {g: {n: jnp.asarray(v, jnp.float32) for n, v in d.items()}
+        base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}
                 for g, d in base.items()}
         cb_states = tuple(
             jax.tree_util.tree_map(jnp.asarray, cb.init_state(self, base))
@@ -376,10 +377,24 @@ class Trainer:
                 if self.global_step >= total or self.should_stop:
                     break
             self._call("on_fit_end")
+            if self.logger is not None:
+                self.logger.log_hyperparams(self._run_config(), {
+                    f"hparam/{k}": v for k, v in self.callback_metrics.items()})
         finally:
             if self.logger is not None:
                 self.logger.finalize()
         return self.trainer_state.train_state
+
+    def _run_config(self) -> dict[str, Any]:
+        """What the HParams tab shows for this run."""
+        config = {"max_epochs": self.max_epochs_planned, "total_steps": self.total_steps,
+                  "steps_per_epoch": self.steps_per_epoch, "seed": self.seed,
+                  "callbacks": ", ".join(repr(c) for c in self.callbacks)}
+        base = jax.device_get(self.trainer_state.base_hparams)
+        for g, names in base.items():
+            for n, v in names.items():
+                config[n if g == hp_lib.DEFAULT_GROUP else f"{g}/{n}"] = float(v)
+        return config
 
     def _log_point(self) -> None:
         """Fetches the metric buffer in one transfer and hands the window to callbacks."""

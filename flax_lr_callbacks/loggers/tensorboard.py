@@ -61,9 +61,17 @@ class TensorBoardLogger:
         """Records the run's configuration (and optionally final metrics) in the HParams tab."""
         if not self._is_writer_process():
             return
+        from tensorboardX.summary import hparams
+
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                  for k, v in params.items()}
-        self.writer.add_hparams(clean, dict(metrics or {}), name=".")
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        # SummaryWriter.add_hparams opens a second writer in a sub-folder without our unique
+        # file suffix; writing the three summaries here keeps one file per run.
+        for summary in hparams(clean, metrics):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, global_step=0)
 
     def log_figure(self, tag: str, figure: Any, step: int = 0) -> None:
         """Adds a matplotlib figure as an image."""

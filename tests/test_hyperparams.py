@@ -1,0 +1,118 @@
+"""Finding, reading and writing injected hyperparameters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flax_lr_callbacks import hyperparams as hp
+from flax_lr_callbacks import injectable
+
+PARAMS = {"w": jnp.ones(3), "v": jnp.ones(2)}
+
+
+def test_single_group_is_default_and_read_write_roundtrip():
+    """A plain injected optimizer is one 'default' group; writes keep float32."""
+    s = injectable(optax.sgd, learning_rate=0.1, momentum=0.9).init(PARAMS)
+    assert list(hp.find_groups(s)) == ["default"]
+    s2 = hp.set_hyperparam(s, "learning_rate", 0.5)
+    assert hp.get_hyperparam(s2, "learning_rate") == pytest.approx(0.5)
+    assert hp.get_hyperparam(s2, "learning_rate").dtype == jnp.float32
+    assert hp.get_hyperparam(s, "learning_rate") == pytest.approx(0.1)  # original untouched
+
+
+def test_chain_with_inject_inside():
+    """Injected node inside optax.chain is found and written."""
+    tx = optax.chain(optax.clip_by_global_norm(1.0), injectable(optax.adam, learning_rate=1e-3))
+    s = tx.init(PARAMS)
+    assert set(hp.get_hyperparams(s)["default"]) >= {"learning_rate", "b1", "b2"}
+    s2 = hp.set_hyperparam(s, "b1", 0.5)
+    assert hp.get_hyperparam(s2, "b1") == pytest.approx(0.5)
+
+
+def test_multi_transform_groups_by_label():
+    """multi_transform labels become groups; writes go to one group only."""
+    tx = optax.multi_transform(
+        {"body": injectable(optax.sgd, learning_rate=0.1),
+         "head": injectable(optax.adam, learning_rate=0.01)},
+        {"w": "body", "v": "head"},
+    )
+    s = tx.init(PARAMS)
+    assert sorted(hp.find_groups(s)) == ["body", "head"]
+    s2 = hp.set_hyperparams(s, {"head": {"learning_rate": 0.5}})
+    got = hp.get_hyperparams(s2)
+    assert got["head"]["learning_rate"] == pytest.approx(0.5)
+    assert got["body"]["learning_rate"] == pytest.approx(0.1)
+    with pytest.raises(TypeError, match="several groups"):
+        hp.get_hyperparam(s2, "learning_rate")
+    assert hp.get_hyperparam(s2, "learning_rate", group="body") == pytest.approx(0.1)
+
+
+def test_multisteps_inner_state_is_found():
+    """MultiSteps wraps the injected state; it is still found and writable."""
+    tx = optax.MultiSteps(injectable(optax.sgd, learning_rate=0.1), every_k_schedule=4)
+    s = tx.init(PARAMS)
+    s2 = hp.set_hyperparam(s, "learning_rate", 0.3)
+    assert hp.get_hyperparam(s2, "learning_rate") == pytest.approx(0.3)
+
+
+def test_write_under_jit_keeps_dtype_and_is_applied():
+    """Writing inside jit with a traced float64/weak value keeps float32; update uses it."""
+    tx = injectable(optax.sgd, learning_rate=0.1)
+    s = tx.init(PARAMS)
+
+    @jax.jit
+    def step(s, lr):
+        s = hp.set_hyperparam(s, "learning_rate", lr)
+        updates, s = tx.update({"w": jnp.ones(3), "v": jnp.ones(2)}, s)
+        return updates, s
+
+    updates, s2 = step(s, 0.25)
+    np.testing.assert_allclose(updates["w"], -0.25 * np.ones(3))
+    assert hp.get_hyperparam(s2, "learning_rate").dtype == jnp.float32
+    assert step._cache_size() == 1
+    step(s2, 0.5)
+    assert step._cache_size() == 1
+
+
+def test_not_injected_error_says_how_to_fix():
+    """A plain optax optimizer gets a TypeError with the inject_hyperparams recipe."""
+    s = optax.sgd(0.1).init(PARAMS)
+    with pytest.raises(TypeError, match=r"inject_hyperparams\(optax.sgd\)\(learning_rate=0.1\)"):
+        hp.get_hyperparams(s)
+
+
+def test_unknown_name_lists_available():
+    """Targeting a name the optimizer lacks lists what it has."""
+    s = injectable(optax.sgd, learning_rate=0.1).init(PARAMS)
+    with pytest.raises(TypeError, match=r"no injectable 'b1' \(injected: \['learning_rate'\]\)"):
+        hp.check_targets(s, ["b1"], owner="OneCycle")
+
+
+def test_scheduled_hyperparam_target_raises():
+    """optax ignores writes to scheduled hyperparameters; targeting one is a TypeError."""
+    tx = optax.inject_hyperparams(optax.sgd)(learning_rate=optax.linear_schedule(0.1, 0.0, 10))
+    s = tx.init(PARAMS)
+    with pytest.raises(TypeError, match=r"given a schedule.*LRSchedule"):
+        hp.check_targets(s, ["learning_rate"], owner="LRSchedule")
+    with pytest.raises(TypeError, match="given a schedule"):
+        hp.set_hyperparam(s, "learning_rate", 0.3)
+
+
+def test_injectable_makes_floats_and_static_args():
+    """Ints become float32 hyperparameters; bools and None stay static."""
+    tx = injectable(optax.sgd, learning_rate=1, momentum=0.9, nesterov=True)
+    s = tx.init(PARAMS)
+    values = hp.get_hyperparams(s)["default"]
+    assert values["learning_rate"].dtype == jnp.float32
+    assert "nesterov" not in values
+    with pytest.raises(TypeError, match=r"learning_rate was given a schedule.*LRSchedule"):
+        injectable(optax.sgd, learning_rate=optax.constant_schedule(0.1))
+
+
+def test_bf16_params_keep_float32_hyperparams():
+    """With bf16 params, b2=0.999 must not round to 1.0 (the default dtype trap)."""
+    params = {"w": jnp.ones(3, jnp.bfloat16)}
+    s = injectable(optax.adam, learning_rate=1e-3, b2=0.999).init(params)
+    assert float(hp.get_hyperparam(s, "b2")) == pytest.approx(0.999, abs=1e-6)
