@@ -1,9 +1,15 @@
 """flax_lr_callbacks: learning-rate callbacks for Flax that run inside the jitted train step."""
 
 from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.callbacks.base import RunPlan
+from flax_lr_callbacks.callbacks.composite import Sequential
+from flax_lr_callbacks.callbacks.composite import Warmup
+from flax_lr_callbacks.callbacks.cyclic import CyclicLR
 from flax_lr_callbacks.callbacks.base import StepContext
 from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
+from flax_lr_callbacks.callbacks.one_cycle import OneCycle
 from flax_lr_callbacks.callbacks.progress import ProgressBar
+from flax_lr_callbacks.callbacks.restarts import CosineRestarts
 from flax_lr_callbacks.callbacks.schedule import LRSchedule
 from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
 from flax_lr_callbacks.data.grain import ArrayDataset
@@ -13,6 +19,7 @@ from flax_lr_callbacks.hyperparams import injectable
 from flax_lr_callbacks.hyperparams import set_hyperparam
 from flax_lr_callbacks.hyperparams import set_hyperparams
 from flax_lr_callbacks.loggers.tensorboard import TensorBoardLogger
+from flax_lr_callbacks.preview import preview
 from flax_lr_callbacks.trainer import Trainer
 from flax_lr_callbacks.trainer import TrainerState
 
@@ -21,9 +28,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayDataset",
     "Callback",
+    "CosineRestarts",
+    "CyclicLR",
     "LRSchedule",
     "LearningRateMonitor",
+    "OneCycle",
     "ProgressBar",
+    "RunPlan",
+    "Sequential",
     "StepContext",
     "TensorBoardLogger",
     "Trainer",
@@ -32,6 +44,8 @@ __all__ = [
     "get_hyperparams",
     "injectable",
     "load_fashion_mnist",
+    "preview",
     "set_hyperparam",
     "set_hyperparams",
+    "Warmup",
 ]

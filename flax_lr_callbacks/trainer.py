@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
-from flax_lr_callbacks.callbacks.base import Callback, StepContext, hparam_key
+from flax_lr_callbacks.callbacks.base import Callback, StepContext, apply_rules, hparam_key
 
 __all__ = ["Trainer", "TrainerState"]
 
@@ -76,7 +76,7 @@ class Trainer:
       enable_progress_bar: add a default `ProgressBar`.
 
     Example:
-      >>> trainer = Trainer(loss_fn, max_epochs=3, callbacks=[LRSchedule(sched)])
+      >>> trainer = Trainer(loss_fn, max_epochs=3, callbacks=[LRSchedule(sched)])  # doctest: +SKIP
       >>> state = trainer.fit(state, train_data, val_data)  # doctest: +SKIP
     """
 
@@ -140,14 +140,6 @@ class Trainer:
         self._eval_step = jax.jit(self._eval_batch)
 
     # ------------------------------------------------------------------ in-graph pieces
-    def _ordered_rules(self) -> list[int]:
-        """Indices of callbacks with a rule: plain ones, then setters, then modifiers."""
-        with_rule = [i for i, c in enumerate(self.callbacks) if c.has_rule]
-        setters = [i for i in with_rule if self.callbacks[i].sets]
-        modifiers = [i for i in with_rule if self.callbacks[i].scales and i not in setters]
-        others = [i for i in with_rule if i not in setters and i not in modifiers]
-        return others + setters + modifiers
-
     def apply_rules(self, ts: TrainerState) -> tuple[hp_lib.Hyperparams, tuple]:
         """Runs every callback rule for step ``ts.step``; returns hparams and new states."""
         ctx = StepContext(
@@ -156,11 +148,7 @@ class Trainer:
             steps_per_epoch=ts.steps_per_epoch,
             total_steps=ts.total_steps,
         )
-        hparams = {g: dict(v) for g, v in ts.base_hparams.items()}
-        states = list(ts.callback_states)
-        for i in self._ordered_rules():
-            hparams, states[i] = self.callbacks[i].rule(ctx, hparams, states[i])
-        return hparams, tuple(states)
+        return apply_rules(self.callbacks, ctx, ts.base_hparams, ts.callback_states)
 
     def _loss(self, params, batch, rng):
         out = self.loss_fn(params, batch, rng=rng) if self._loss_takes_rng else self.loss_fn(
@@ -254,6 +242,8 @@ class Trainer:
                            first_batch: Any) -> TrainerState:
         """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
         base = hp_lib.get_hyperparams(state.opt_state)
+        for cb in self.callbacks:
+            cb.configure(base)
         self._check_callbacks(state.opt_state, base)
         # The step donates its whole input, so nothing in it may alias the caller's arrays
         # (or another leaf of the input): copy the state and, separately, the base values.
@@ -277,17 +267,37 @@ class Trainer:
         return ts._replace(buffer=self._empty_buffer(ts, first_batch))
 
     # ------------------------------------------------------------------ host access
+    def _state_path(self, callback: Callback) -> list[int]:
+        """Indices from the callback list down through composites' `children` to `callback`."""
+        def find(callbacks, path):
+            for i, c in enumerate(callbacks):
+                if c is callback:
+                    return path + [i]
+                found = find(getattr(c, "children", ()), path + [i])
+                if found:
+                    return found
+            return None
+
+        path = find(self.callbacks, [])
+        if path is None:
+            raise ValueError(f"{callback!r} is not among this Trainer's callbacks")
+        return path
+
     def callback_state(self, callback: Callback) -> Any:
-        """The device state of `callback` in the running fit."""
-        return self.trainer_state.callback_states[self.callbacks.index(callback)]
+        """The device state of `callback` (also one nested in a composite) in the running fit."""
+        path = self._state_path(callback)
+        state = self.trainer_state.callback_states[path[0]]
+        for i in path[1:]:
+            state = state.children[i]
+        return state
 
     def update_callback_state(self, callback: Callback, **values: Any) -> None:
         """Writes host values into fields of `callback`'s device state without retracing.
 
-        Each value is cast to the field's dtype and placed with its sharding.
+        Each value is cast to the field's dtype and placed with its sharding, so the jitted
+        step sees the same signature. `callback` may be nested inside a composite.
         """
-        i = self.callbacks.index(callback)
-        old = self.trainer_state.callback_states[i]
+        old = self.callback_state(callback)
         fields = old._asdict() if hasattr(old, "_asdict") else dict(old)
         for name, v in values.items():
             if name not in fields:
@@ -295,8 +305,17 @@ class Trainer:
             cur = fields[name]
             fields[name] = jax.device_put(np.asarray(v, dtype=cur.dtype), cur.sharding)
         new = type(old)(**fields) if hasattr(old, "_asdict") else fields
+
+        def rebuild(state, path):
+            if not path:
+                return new
+            children = list(state.children)
+            children[path[0]] = rebuild(children[path[0]], path[1:])
+            return state._replace(children=tuple(children))
+
+        path = self._state_path(callback)
         states = list(self.trainer_state.callback_states)
-        states[i] = new
+        states[path[0]] = rebuild(states[path[0]], path[1:])
         self.trainer_state = self.trainer_state._replace(callback_states=tuple(states))
 
     def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:

@@ -2,14 +2,24 @@
 
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.callbacks.base import StepContext
+from flax_lr_callbacks.callbacks.composite import Sequential
+from flax_lr_callbacks.callbacks.composite import Warmup
+from flax_lr_callbacks.callbacks.cyclic import CyclicLR
+from flax_lr_callbacks.callbacks.one_cycle import OneCycle
+from flax_lr_callbacks.callbacks.restarts import CosineRestarts
 from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
 from flax_lr_callbacks.callbacks.progress import ProgressBar
 from flax_lr_callbacks.callbacks.schedule import LRSchedule
 
 __all__ = [
     "Callback",
+    "CosineRestarts",
+    "CyclicLR",
     "LRSchedule",
     "LearningRateMonitor",
+    "OneCycle",
     "ProgressBar",
+    "Sequential",
     "StepContext",
+    "Warmup",
 ]

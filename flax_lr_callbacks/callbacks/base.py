@@ -20,14 +20,15 @@ plateau check at validation end), and writes decisions back with
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 
 from flax_lr_callbacks.hyperparams import Hyperparams
 
-__all__ = ["Callback", "StepContext", "hparam_key", "parse_hparam_key"]
+__all__ = ["Callback", "RunPlan", "StepContext", "apply_rules", "hparam_key",
+           "parse_hparam_key"]
 
 
 def hparam_key(group: str, name: str) -> str:
@@ -60,6 +61,13 @@ class StepContext(NamedTuple):
     total_steps: jax.Array
 
 
+class RunPlan(NamedTuple):
+    """What a callback may know about the run before it starts (the Trainer has these too)."""
+
+    steps_per_epoch: int
+    total_steps: int
+
+
 class Callback:
     """Base class. Override only what you need; every hook is a no-op by default.
 
@@ -79,8 +87,18 @@ class Callback:
         return type(self).rule is not Callback.rule
 
     # ---- in-graph face -------------------------------------------------------------------
-    def init_state(self, trainer: Any, hparams: Hyperparams) -> Any:
-        """Device pytree carried through the train step; called at fit start."""
+    def configure(self, hparams: Hyperparams) -> None:
+        """Adapts to the optimizer before anything else (e.g. picks ``momentum`` or ``b1``).
+
+        Called at fit start with the injected hyperparameters; may set `sets` / `scales` and
+        raise a ValueError when the optimizer lacks what the callback needs.
+        """
+
+    def init_state(self, plan: RunPlan, hparams: Hyperparams) -> Any:
+        """Device pytree carried through the train step; called at fit start.
+
+        `plan` has ``steps_per_epoch`` and ``total_steps`` (the Trainer itself is passed).
+        """
         return ()
 
     def rule(
@@ -93,6 +111,17 @@ class Callback:
         """Groups in `hparams` that this callback writes `name` in."""
         selected: Iterable[str] = hparams if self.groups is None else self.groups
         return [g for g in selected if name in hparams.get(g, {})]
+
+    def curve(self, num_steps: int, steps_per_epoch: int | None = None,
+              hparams: dict[str, float] | None = None) -> dict[str, Any]:
+        """Planned per-step values ``{hyperparam: np.ndarray}`` of this callback alone.
+
+        `hparams` are the optimizer's base values the schedule may start from (default
+        ``learning_rate=1.0, momentum=0.9``).
+        """
+        from flax_lr_callbacks.preview import planned_values
+
+        return planned_values([self], num_steps, steps_per_epoch or num_steps, hparams)
 
     # ---- host face ------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, state: Any) -> None:
@@ -129,3 +158,25 @@ class Callback:
 
     def __repr__(self) -> str:
         return type(self).__name__
+
+
+def rule_order(callbacks: Sequence[Callback]) -> list[int]:
+    """Indices of callbacks with a rule: plain ones, then setters, then modifiers."""
+    with_rule = [i for i, c in enumerate(callbacks) if c.has_rule]
+    setters = [i for i in with_rule if callbacks[i].sets]
+    modifiers = [i for i in with_rule if callbacks[i].scales and i not in setters]
+    others = [i for i in with_rule if i not in setters and i not in modifiers]
+    return others + setters + modifiers
+
+
+def apply_rules(callbacks: Sequence[Callback], ctx: StepContext, hparams: Hyperparams,
+                states: Sequence[Any]) -> tuple[Hyperparams, tuple]:
+    """Runs every callback's rule for one step; returns the hyperparameters and new states.
+
+    `hparams` is not modified (rules get a copy). Pure: usable inside any jitted step.
+    """
+    hparams = {g: dict(v) for g, v in hparams.items()}
+    states = list(states)
+    for i in rule_order(callbacks):
+        hparams, states[i] = callbacks[i].rule(ctx, hparams, states[i])
+    return hparams, tuple(states)

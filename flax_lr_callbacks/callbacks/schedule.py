@@ -8,22 +8,13 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from flax_lr_callbacks.callbacks._util import UNITS, check_choice, clock, write
 from flax_lr_callbacks.callbacks.base import Callback, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
 __all__ = ["LRSchedule"]
 
 Unit = Literal["step", "epoch"]
-
-
-def check_unit(unit: str) -> None:
-    if unit not in ("step", "epoch"):
-        raise ValueError(f"unit must be one of ['step', 'epoch'], got unit={unit!r}")
-
-
-def clock(ctx: StepContext, unit: str) -> jax.Array:
-    """The count a schedule reads: the step, or the epoch for ``unit='epoch'``."""
-    return ctx.step if unit == "step" else ctx.epoch
 
 
 class LRSchedule(Callback):
@@ -60,7 +51,7 @@ class LRSchedule(Callback):
     ):
         if not callable(schedule):
             raise TypeError(f"schedule must be callable (count -> value), got {schedule!r}")
-        check_unit(unit)
+        check_choice("unit", unit, UNITS)
         self.schedule = schedule
         self.unit = unit
         self.hyperparam = hyperparam
@@ -68,10 +59,9 @@ class LRSchedule(Callback):
         self.groups = None if groups is None else tuple(groups)
 
     def rule(self, ctx: StepContext, hparams: Hyperparams, state: Any):
-        value = jnp.asarray(self.schedule(clock(ctx, self.unit)), jnp.float32)
-        for g in self.target_groups(hparams, self.hyperparam):
-            hparams[g][self.hyperparam] = value
-        return hparams, state
+        value = self.schedule(clock(ctx, self.unit))
+        return write(hparams, self.target_groups(hparams, self.hyperparam), self.hyperparam,
+                     value), state
 
     def __repr__(self) -> str:
         name = getattr(self.schedule, "__name__", type(self.schedule).__name__)

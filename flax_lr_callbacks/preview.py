@@ -1,0 +1,117 @@
+"""Preview: the planned per-step hyperparameters of a callback list, before any training."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext, apply_rules
+
+__all__ = ["preview", "planned_values"]
+
+DEFAULT_BASE = {"learning_rate": 1.0, "momentum": 0.9}
+
+
+def _base_hparams(hparams: Mapping[str, Any] | None) -> dict[str, dict[str, jax.Array]]:
+    hparams = DEFAULT_BASE if hparams is None else hparams
+    if hparams and all(isinstance(v, Mapping) for v in hparams.values()):
+        groups = hparams  # already {group: {name: value}}
+    else:
+        groups = {"default": hparams}
+    return {g: {n: jnp.float32(v) for n, v in d.items()} for g, d in groups.items()}
+
+
+def planned_values(callbacks: Sequence[Callback], total_steps: int, steps_per_epoch: int,
+                   hparams: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Runs the callbacks' rules for steps ``0..total_steps-1`` exactly as the Trainer would.
+
+    Returns ``{name: values}`` for a single group, ``{"name/group": values}`` for several.
+    Raises the same configuration errors a fit would (e.g. a schedule shorter than the run).
+    """
+    if total_steps < 1 or steps_per_epoch < 1:
+        raise ValueError(f"need total_steps >= 1 and steps_per_epoch >= 1, got "
+                         f"{total_steps=}, {steps_per_epoch=}")
+    base = _base_hparams(hparams)
+    plan = RunPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    for cb in callbacks:
+        cb.configure(base)
+    states = tuple(jax.tree_util.tree_map(jnp.asarray, cb.init_state(plan, base))
+                   for cb in callbacks)
+
+    def body(states, step):
+        ctx = StepContext(step=step, epoch=step // steps_per_epoch,
+                          steps_per_epoch=jnp.int32(steps_per_epoch),
+                          total_steps=jnp.int32(total_steps))
+        values, states = apply_rules(callbacks, ctx, base, states)
+        return states, values
+
+    _, values = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(total_steps, dtype=jnp.int32)))(
+        states)
+    values = jax.device_get(values)
+    several = len(values) > 1
+    return {(f"{n}/{g}" if several else n): np.asarray(v)
+            for g, d in values.items() for n, v in d.items()}
+
+
+def preview(callbacks: Sequence[Callback], steps_per_epoch: int, max_epochs: int,
+            path: str | os.PathLike | None = None, *, max_steps: int | None = None,
+            hparams: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Planned per-step values of every scheduled hyperparameter, optionally drawn to a PNG.
+
+    Fails fast, before any compile of a train step, when a schedule's length disagrees with the
+    planned run (PyTorch OneCycleLR's "Tried to step N times" surfaces only mid-training).
+
+    Args:
+      callbacks: the callbacks you will give the Trainer.
+      steps_per_epoch: batches per epoch.
+      max_epochs: planned epochs.
+      path: where to save a PNG (LR panel, plus a momentum panel when one is scheduled).
+      max_steps: optional cap, as in `Trainer`.
+      hparams: the optimizer's base values (``{"learning_rate": 0.1, ...}`` or per group);
+        default ``learning_rate=1.0, momentum=0.9``, so relative schedules show as fractions.
+
+    Example:
+      >>> from flax_lr_callbacks import OneCycle, preview
+      >>> curves = preview([OneCycle(max_lr=0.1)], steps_per_epoch=100, max_epochs=3)
+      >>> curves["learning_rate"].shape
+      (300,)
+    """
+    total = steps_per_epoch * max_epochs
+    if max_steps is not None:
+        total = min(total, max_steps)
+    values = planned_values(callbacks, total, steps_per_epoch, hparams)
+    if path is not None:
+        plot_values(values, path, steps_per_epoch=steps_per_epoch)
+    return values
+
+
+def plot_values(values: Mapping[str, np.ndarray], path: str | os.PathLike,
+                steps_per_epoch: int | None = None) -> None:
+    """Draws LR (top) and momentum-like values (bottom) against the step into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lr_keys = [k for k in values if k.split("/")[0] == "learning_rate"]
+    other = [k for k in values if k.split("/")[0] in ("momentum", "b1")]
+    panels = [lr_keys] + ([other] if other else [])
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True,
+                             squeeze=False)
+    for ax, keys in zip(axes[:, 0], panels):
+        for k in keys:
+            ax.plot(np.arange(len(values[k])), values[k], label=k)
+        ax.set_ylabel("learning rate" if keys is lr_keys else "momentum")
+        ax.legend(loc="best", fontsize=8)
+        if steps_per_epoch:
+            for e in range(steps_per_epoch, len(values[keys[0]]), steps_per_epoch):
+                ax.axvline(e, color="0.85", lw=0.6, zorder=0)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
