@@ -35,7 +35,8 @@ def anneal(start: ArrayLike, end: ArrayLike, pct: ArrayLike, strategy: Anneal = 
     """Moves from `start` to `end` as `pct` goes 0 -> 1 (cosine or linear)."""
     if strategy == "cos":
         return end + (start - end) / 2.0 * (jnp.cos(jnp.pi * pct) + 1.0)
-    return start + (end - start) * pct
+    # Lerp form: exact at both ends in float32 (start + (end - start) * pct is not at pct=1).
+    return (1.0 - pct) * start + pct * end
 
 
 def _phases(count, ends: Sequence, values: Sequence, strategy: Anneal):

@@ -34,10 +34,13 @@ class CosineRestarts(PeakFromFinder, Callback):
 
     * PyTorch `CosineAnnealingWarmRestarts(T_0, T_mult, eta_min)`: integer `t_mult`,
       ``peak_decay=1``; identical values at every step (or epoch, with ``unit="epoch"``).
-    * Keras `CosineDecayRestarts(first_decay_steps, t_mul, m_mul, alpha)`: float `t_mult`,
-      ``peak_decay=m_mul``, ``eta_min=alpha * base_lr`` (Keras' alpha is a fraction).
-    * timm `CosineLRScheduler(t_initial, cycle_mul, cycle_decay, cycle_limit)`: `max_cycles`
-      holds the LR at `eta_min` once that many cycles are done.
+    * timm `CosineLRScheduler(t_initial, cycle_mul, cycle_decay, cycle_limit, lr_min)`: float
+      `t_mult`, ``peak_decay=cycle_decay``, ``max_cycles=cycle_limit`` (afterwards the LR
+      stays at `eta_min`); identical values.
+    * Keras `CosineDecayRestarts(first_decay_steps, t_mul, m_mul, alpha)`: identical with
+      ``alpha=0`` (``peak_decay=m_mul``). With ``alpha > 0`` Keras decays the height above the
+      floor, ``(1 - alpha) * m_mul**n``, where we (and timm) decay the peak itself; Keras'
+      alpha is a fraction of the initial LR (``eta_min = alpha * base_lr``).
 
     `warmup_steps` (in `unit`s) puts a linear warmup from 0 to the first peak in front; the
     restarts begin after it (timm instead overlaps warmup with the first cycle).
