@@ -6,6 +6,7 @@ from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
 from flax_lr_callbacks.callbacks.one_cycle import OneCycle
+from flax_lr_callbacks.callbacks.plateau import ReduceLROnPlateau
 from flax_lr_callbacks.callbacks.restarts import CosineRestarts
 from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
 from flax_lr_callbacks.callbacks.progress import ProgressBar
@@ -19,6 +20,7 @@ __all__ = [
     "LearningRateMonitor",
     "OneCycle",
     "ProgressBar",
+    "ReduceLROnPlateau",
     "Sequential",
     "StepContext",
     "Warmup",

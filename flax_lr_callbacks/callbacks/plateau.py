@@ -1,0 +1,235 @@
+"""ReduceLROnPlateau: a modifier that scales whatever schedule is active when a metric stalls."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from flax_lr_callbacks.callbacks._util import check_choice, check_number, write
+from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext, parse_hparam_key
+from flax_lr_callbacks.hyperparams import Hyperparams
+
+__all__ = ["ReduceLROnPlateau", "PlateauState"]
+
+log = logging.getLogger("flax_lr_callbacks")
+
+
+class PlateauState(NamedTuple):
+    """The whole decision state; `update` returns a new one (never mutates)."""
+
+    best: float
+    num_bad: int  # bad evaluations since the last improvement (or reduction)
+    cooldown_counter: int  # evaluations left in which bad ones are not counted
+    scale: float  # multiplier applied to the scheduled value
+    num_evals: int
+
+
+class ScaleState(NamedTuple):
+    scale: jax.Array
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by `factor` when `monitor` stops improving.
+
+    The decision follows PyTorch's `ReduceLROnPlateau` exactly: an evaluation improves if it
+    beats `best` by more than `threshold`; otherwise it is bad. During `cooldown` evaluations
+    after a reduction, bad ones are not counted. On the ``(patience + 1)``-th bad evaluation in a
+    row the scale is multiplied by `factor` and cooldown starts.
+
+    It is a *modifier*: the applied LR is ``max(base * scale, min(base, min_lr))``, where
+    ``base`` comes from whatever schedule sets the LR (`OneCycle`, `Warmup`, `LRSchedule`, ...)
+    or the optimizer's injected value. So it composes with any schedule, `min_lr` bounds the
+    reduced LR without ever raising a schedule's own value, and the LR monitor logs the reduced
+    LR. The decision is host logic at `check_on` points; the scale is device state (no retrace).
+
+    Differences from PyTorch:
+      * ``threshold_mode="rel"`` is sign-safe: improvement means beating ``best`` by
+        ``threshold * |best|``. PyTorch's ``best * (1 - threshold)`` inverts for negative
+        metrics (a slightly *worse* negative loss counts as better) and never reduces.
+      * `eps` compares the LR just applied (the last logged step) with the reduced one, as
+        PyTorch does per group; once the floor is reached further reductions are skipped.
+      * A single `scale` for all groups; `min_lr` is one float.
+      * Each `fit` starts from a fresh state (a fit is a run; continue a run by resuming from
+        a checkpoint). Keras resets on every `fit` call too, PyTorch keeps its object's state.
+
+    Args:
+      monitor: metric name in `trainer.callback_metrics` (``"val_loss"`` default).
+      mode: ``"min"`` (default) or ``"max"``.
+      factor: multiplier per reduction, in (0, 1). Default 0.1.
+      patience: bad evaluations tolerated before reducing (>= 0). Default 10.
+      threshold: minimum improvement (>= 0). Default 1e-4.
+      threshold_mode: ``"rel"`` (default) or ``"abs"``.
+      cooldown: evaluations to wait after a reduction (>= 0). Default 0.
+      min_lr: lower bound of the reduced LR (>= 0). Default 0.
+      eps: reductions changing the LR by no more than this are skipped (>= 0). Default 1e-8.
+      check_on: ``"validation"`` (after each validation, default), ``"epoch"`` (each epoch end),
+        or an int N (every N steps, at log points; use a train metric such as ``train_loss``).
+      hyperparam: the hyperparameter to scale. Default ``"learning_rate"``.
+      strict: raise instead of warning once when `monitor` is missing.
+
+    Example:
+      >>> cb = ReduceLROnPlateau(patience=1, factor=0.5)
+      >>> s = cb.init()
+      >>> for loss in [1.0, 0.9, 0.95, 0.95]:
+      ...     s, reduced = cb.update(s, loss)
+      >>> s.scale, reduced
+      (0.5, True)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: Literal["min", "max"] = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: Literal["rel", "abs"] = "rel",
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        eps: float = 1e-8,
+        *,
+        check_on: Literal["validation", "epoch"] | int = "validation",
+        hyperparam: str = "learning_rate",
+        strict: bool = False,
+        groups: tuple[str, ...] | None = None,
+    ):
+        check_choice("mode", mode, ("min", "max"))
+        check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
+        check_number("patience", patience, low=0, integer=True)
+        check_number("threshold", threshold, low=0)
+        check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+        check_number("cooldown", cooldown, low=0, integer=True)
+        check_number("min_lr", min_lr, low=0)
+        check_number("eps", eps, low=0)
+        if isinstance(check_on, bool) or not (check_on in ("validation", "epoch") or (
+                isinstance(check_on, int) and check_on >= 1)):
+            raise ValueError("check_on must be 'validation', 'epoch' or an int >= 1 (steps), "
+                             f"got check_on={check_on!r}")
+        self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
+        self.threshold, self.threshold_mode = threshold, threshold_mode
+        self.cooldown, self.min_lr, self.eps = cooldown, min_lr, eps
+        self.check_on, self.hyperparam, self.strict = check_on, hyperparam, strict
+        self.groups = None if groups is None else tuple(groups)
+        self.scales = (hyperparam,)
+        self.state = self.init()
+        self.reductions: list[dict[str, float]] = []
+        self._warned = False
+        self._last_lr: float | None = None
+        self._next_check = 0
+
+    # ------------------------------------------------------------------ the pure decision
+    def init(self) -> PlateauState:
+        """The state before any evaluation."""
+        return PlateauState(best=math.inf if self.mode == "min" else -math.inf, num_bad=0,
+                            cooldown_counter=0, scale=1.0, num_evals=0)
+
+    def is_better(self, value: float, best: float) -> bool:
+        """Whether `value` improves on `best` by more than the threshold (sign-safe)."""
+        if math.isinf(best):
+            return (value < best) if self.mode == "min" else (value > best)
+        margin = self.threshold * abs(best) if self.threshold_mode == "rel" else self.threshold
+        return value < best - margin if self.mode == "min" else value > best + margin
+
+    def update(self, state: PlateauState, value: float,
+               current_lr: float | None = None) -> tuple[PlateauState, bool]:
+        """One evaluation of the metric: returns the new state and whether it reduced.
+
+        `current_lr` (the LR just applied) enables the `eps` / `min_lr` skip: a reduction that
+        would change it by ``<= eps`` is not made.
+        """
+        value = float(value)
+        best, num_bad = state.best, state.num_bad
+        if self.is_better(value, best):
+            best, num_bad = value, 0
+        else:
+            num_bad += 1
+        cooldown = state.cooldown_counter
+        if cooldown > 0:
+            cooldown -= 1
+            num_bad = 0  # bad evaluations in cooldown do not count
+        scale, reduced = state.scale, False
+        if num_bad > self.patience:
+            new_scale = scale * self.factor
+            if current_lr is None or current_lr - max(current_lr * self.factor,
+                                                      self.min_lr) > self.eps:
+                scale, reduced = new_scale, True
+            cooldown, num_bad = self.cooldown, 0
+        return PlateauState(best, num_bad, cooldown, scale, state.num_evals + 1), reduced
+
+    # ------------------------------------------------------------------ in-graph face
+    def init_state(self, plan: RunPlan, hparams: Hyperparams) -> ScaleState:
+        return ScaleState(scale=jnp.float32(self.state.scale))
+
+    def rule(self, ctx: StepContext, hparams: Hyperparams, state: ScaleState):
+        for g in self.target_groups(hparams, self.hyperparam):
+            base = hparams[g][self.hyperparam]
+            floor = jnp.minimum(base, self.min_lr)
+            write(hparams, [g], self.hyperparam, jnp.maximum(base * state.scale, floor))
+        return hparams, state
+
+    # ------------------------------------------------------------------ host hooks
+    def on_fit_start(self, trainer: Any, state: Any) -> None:
+        self.state, self.reductions, self._warned = self.init(), [], False
+        self._last_lr = None
+        self._next_check = self.check_on if isinstance(self.check_on, int) else 0
+        trainer.update_callback_state(self, scale=self.state.scale)
+
+    def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
+        for key, values in history.items():
+            parsed = parse_hparam_key(key)
+            if parsed and parsed[1] == self.hyperparam and (
+                    self.groups is None or parsed[0] in self.groups):
+                self._last_lr = float(values[-1])
+                break
+        if isinstance(self.check_on, int) and trainer.global_step >= self._next_check:
+            self._next_check = trainer.global_step + self.check_on
+            self._check(trainer)
+
+    def on_validation_end(self, trainer: Any, state: Any) -> None:
+        if self.check_on == "validation":
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, state: Any) -> None:
+        if self.check_on == "epoch":
+            self._check(trainer)
+
+    def _check(self, trainer: Any) -> None:
+        metrics = trainer.callback_metrics
+        if self.monitor not in metrics:
+            message = (f"ReduceLROnPlateau monitors {self.monitor!r}, which is not available; "
+                       f"available metrics: {sorted(metrics)}")
+            if self.strict:
+                raise KeyError(message)
+            if not self._warned:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                self._warned = True
+            return
+        value = metrics[self.monitor]
+        self.state, reduced = self.update(self.state, value, self._last_lr)
+        if reduced:
+            trainer.update_callback_state(self, scale=self.state.scale)
+            self.reductions.append({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                    "value": value, "scale": self.state.scale})
+            log.info("ReduceLROnPlateau: %s=%.6g did not improve on %.6g for %d evaluations; "
+                     "LR scale -> %.3g at step %d (epoch %d)", self.monitor, value,
+                     self.state.best, self.patience + 1, self.state.scale,
+                     trainer.global_step, trainer.current_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state._asdict(), "reductions": list(self.reductions),
+                "last_lr": self._last_lr, "next_check": self._next_check}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.state = PlateauState(**state_dict["state"])
+        self.reductions = list(state_dict["reductions"])
+        self._last_lr = state_dict["last_lr"]
+        self._next_check = state_dict["next_check"]
+
+    def __repr__(self) -> str:
+        return (f"ReduceLROnPlateau(monitor={self.monitor!r}, mode={self.mode!r}, "
+                f"factor={self.factor}, patience={self.patience})")
