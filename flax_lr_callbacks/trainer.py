@@ -264,7 +264,21 @@ class Trainer:
             total_steps=jnp.asarray(total_steps, jnp.int32),
             buffer={},
         )
-        return ts._replace(buffer=self._empty_buffer(ts, first_batch))
+        ts = ts._replace(buffer=self._empty_buffer(ts, first_batch))
+        # Commit everything to one explicit placement. jit keys its cache on committedness
+        # and sharding, so a host write (device_put with the field's sharding) into an
+        # uncommitted field would compile a second executable without retracing.
+        return jax.device_put(ts, self.state_sharding())
+
+    @property
+    def num_step_compiles(self) -> int:
+        """Executables compiled for the train step (a trace can compile more than once when
+        input placement changes, so both this and `num_step_traces` are checked in tests)."""
+        return self._train_step._cache_size()
+
+    def state_sharding(self) -> jax.sharding.Sharding:
+        """Where the carried state lives: replicated on the first local device."""
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     # ------------------------------------------------------------------ host access
     def _state_path(self, callback: Callback) -> list[int]:

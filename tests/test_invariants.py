@@ -10,8 +10,9 @@ import pytest
 from conftest import loss_fn, make_state
 from host_sync import count_host_transfers
 
-from flax_lr_callbacks import (ArrayDataset, Callback, LearningRateMonitor, LRSchedule,
-                               TensorBoardLogger, Trainer)
+from flax_lr_callbacks import (ArrayDataset, Callback, CosineRestarts, CyclicLR,
+                               LearningRateMonitor, LRSchedule, OneCycle, ReduceLROnPlateau,
+                               Sequential, TensorBoardLogger, Trainer, Warmup)
 from flax_lr_callbacks.trainer import Trainer as TrainerCls
 
 
@@ -23,17 +24,28 @@ def all_callbacks():
     ]
 
 
-def test_one_compile_per_fit_with_every_lr_callback(data, state, tmp_path):
+def every_lr_callback():
+    return [
+        Sequential([Warmup(OneCycle(0.2), warmup_steps=3), CyclicLR(0.01, 0.1, 2),
+                    CosineRestarts(t_0=3, t_mult=2)], boundaries=[8, 12]),
+        ReduceLROnPlateau(patience=0, factor=0.5, cooldown=1),
+        LearningRateMonitor(),
+    ]
+
+
+@pytest.mark.parametrize("make_callbacks", [all_callbacks, every_lr_callback],
+                         ids=["schedules-step-and-epoch", "every-lr-callback"])
+def test_one_compile_per_fit_with_every_lr_callback(make_callbacks, data, state, tmp_path):
     """A whole fit traces and compiles the train step exactly once; a second fit adds none."""
     train, val = data
-    trainer = Trainer(loss_fn, max_epochs=5, log_every_n_steps=4, callbacks=all_callbacks(),
+    trainer = Trainer(loss_fn, max_epochs=5, log_every_n_steps=4, callbacks=make_callbacks(),
                       logger=TensorBoardLogger(tmp_path), enable_progress_bar=True)
     trainer.fit(state, train, val)
-    assert trainer.num_step_traces == 1
-    assert trainer._train_step._cache_size() == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
+    assert trainer.num_step_compiles == 1
     trainer.fit(state, train, val)
-    assert trainer.num_step_traces == 1
-    assert trainer._train_step._cache_size() == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
+    assert trainer.num_step_compiles == 1
 
 
 def test_probe_catches_every_conversion():
@@ -77,9 +89,11 @@ def _transfers_outside_log_points(monkeypatch, callbacks, data, state):
     return events
 
 
-def test_no_host_sync_between_log_points(monkeypatch, data, state):
+@pytest.mark.parametrize("make_callbacks", [all_callbacks, every_lr_callback],
+                         ids=["schedules-step-and-epoch", "every-lr-callback"])
+def test_no_host_sync_between_log_points(make_callbacks, monkeypatch, data, state):
     """Device values reach the host only at log points and validation, never per step."""
-    events = _transfers_outside_log_points(monkeypatch, all_callbacks(), data, state)
+    events = _transfers_outside_log_points(monkeypatch, make_callbacks(), data, state)
     assert events == []
 
 

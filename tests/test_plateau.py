@@ -115,7 +115,7 @@ def test_composes_with_warmup_cosine_through_fit(data, state, tmp_path, caplog):
     expected = np.array([float(sched(t)) for t in range(30)]) * scale
     lr = read_scalars(tmp_path)["lr"][1]
     np.testing.assert_allclose(lr, expected, rtol=1e-6)
-    assert trainer.num_step_traces == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
     assert [r["epoch"] for r in plateau.reductions] == [1, 2, 3, 4]
     assert "val_flat=1 did not improve" in caplog.text
 

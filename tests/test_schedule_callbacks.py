@@ -254,7 +254,7 @@ def test_fit_follows_curve_with_every_schedule_one_compile(data, state, tmp_path
     assert scalars["lr"][0] == list(range(48))
     np.testing.assert_allclose(scalars["lr"][1], expected["learning_rate"], rtol=1e-6)
     np.testing.assert_allclose(scalars["momentum"][1], expected["momentum"], rtol=1e-6)
-    assert trainer.num_step_traces == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
 
 
 def test_schedule_parameters_are_state(data, state):
@@ -269,7 +269,7 @@ def test_schedule_parameters_are_state(data, state):
     np.testing.assert_allclose(mon.history["lr"][1],
                                OneCycle(0.5, total_steps=30).curve(18)["learning_rate"],
                                rtol=1e-6)
-    assert trainer.num_step_traces == 1 and trainer._train_step._cache_size() == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
 
 
 def test_set_peak_reaches_nested_child(data, state):
@@ -290,4 +290,4 @@ def test_set_peak_reaches_nested_child(data, state):
     assert lr[:6].max() == pytest.approx(0.3 * OneCycle(1.0, total_steps=10).curve(10)[
         "learning_rate"][:4].max(), rel=1e-5)
     assert lr[6:].max() <= 0.05 + 1e-7
-    assert trainer.num_step_traces == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1

@@ -206,7 +206,7 @@ def test_host_writes_to_device_state_do_not_retrace(data, state):
                                              HalveEachEpoch(), mon])
     trainer.fit(state, data[0])
     np.testing.assert_allclose(mon.history["lr"][1], np.repeat([0.2, 0.1, 0.05], 6), rtol=1e-6)
-    assert trainer.num_step_traces == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
     with pytest.raises(KeyError, match="no field 'nope'"):
         trainer.update_callback_state(trainer.callbacks[1], nope=1.0)
 
@@ -224,4 +224,4 @@ def test_set_base_hyperparam_without_schedule(data, state):
     trainer = quiet(max_epochs=2, callbacks=[Retarget(), mon])
     trainer.fit(state, data[0])
     np.testing.assert_allclose(mon.history["lr"][1], [0.1] * 6 + [0.01] * 6, rtol=1e-6)
-    assert trainer.num_step_traces == 1
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
