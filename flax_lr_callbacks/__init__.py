@@ -6,6 +6,7 @@ from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
 from flax_lr_callbacks.callbacks.base import StepContext
+from flax_lr_callbacks.callbacks.lr_finder import LRFinder
 from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
 from flax_lr_callbacks.callbacks.one_cycle import OneCycle
 from flax_lr_callbacks.callbacks.plateau import ReduceLROnPlateau
@@ -14,6 +15,7 @@ from flax_lr_callbacks.callbacks.restarts import CosineRestarts
 from flax_lr_callbacks.callbacks.schedule import LRSchedule
 from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
 from flax_lr_callbacks.data.grain import ArrayDataset
+from flax_lr_callbacks.finder import LRFinderResult
 from flax_lr_callbacks.hyperparams import get_hyperparam
 from flax_lr_callbacks.hyperparams import get_hyperparams
 from flax_lr_callbacks.hyperparams import injectable
@@ -31,6 +33,8 @@ __all__ = [
     "Callback",
     "CosineRestarts",
     "CyclicLR",
+    "LRFinder",
+    "LRFinderResult",
     "LRSchedule",
     "LearningRateMonitor",
     "OneCycle",

@@ -20,7 +20,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks.callbacks.base import Callback, StepContext, apply_rules, hparam_key
+from flax_lr_callbacks.finder import LRFinderResult
 
 __all__ = ["Trainer", "TrainerState"]
 
@@ -134,6 +135,8 @@ class Trainer:
         self.callback_metrics: dict[str, float] = {}
         self.should_stop = False
         self.trainer_state: TrainerState | None = None
+        self.train_data: Any = None  # the data of the running fit, for callbacks (LRFinder)
+        self.val_data: Any = None
         self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
         self._window_start = 0
         self._train_step = jax.jit(self._step, donate_argnums=0)
@@ -379,6 +382,7 @@ class Trainer:
         self.global_step = self.current_epoch = self._window_start = 0
         self.callback_metrics = {}
         self.should_stop = False
+        self.train_data, self.val_data = train_data, val_data
         self.trainer_state = self.init_trainer_state(
             state, spe, total, self._first_batch(train_data)
         )
@@ -445,6 +449,42 @@ class Trainer:
         if self.logger is not None:
             self.logger.log_metrics(train, step=end - 1)
         self._call("on_log", history)
+
+    def lr_find(self, state: Any, train_data: Any, *, min_lr: float = 1e-7,
+                max_lr: float = 10.0, num_steps: int = 100,
+                mode: Literal["exponential", "linear"] = "exponential",
+                smoothing: float = 0.98, diverge_threshold: float = 4.0,
+                suggestion: str = "valley", progress: bool = True) -> LRFinderResult:
+        """Leslie Smith's LR range test on a copy of `state`; returns an `LRFinderResult`.
+
+        Trains for up to `num_steps` steps while the LR sweeps from `min_lr` to `max_lr`
+        (exponentially or linearly), as compiled chunks of steps with the LR a traced input.
+        Stops at the first non-finite loss or when the smoothed loss exceeds
+        ``diverge_threshold x`` its best. Every group's LR follows the sweep. The caller's
+        `state` is not modified (bitwise), nothing is written to disk, and the trainer's own
+        counters are not touched, so it works before, during or after training.
+
+        Args:
+          state: the train state to test (not modified).
+          train_data: batches, as for `fit` (cycled if the sweep is longer than an epoch).
+          min_lr: first LR (> 0). Default 1e-7.
+          max_lr: last LR (> min_lr). Default 10.
+          num_steps: sweep length (>= 2). Default 100.
+          mode: ``"exponential"`` (default) or ``"linear"`` spacing.
+          smoothing: EMA factor in [0, 1) for the smoothed loss. Default 0.98.
+          diverge_threshold: stop when smoothed loss > this x best (> 1). Default 4.
+          suggestion: ``"valley"`` (fastai default), ``"slide"``, ``"minimum"``,
+            ``"steep"`` or ``"gradient"`` (Lightning).
+          progress: show a progress bar.
+        """
+        from flax_lr_callbacks import range_test
+
+        range_test.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
+                                 diverge_threshold, suggestion)
+        return range_test.run(self, state, train_data, min_lr=min_lr, max_lr=max_lr,
+                              num_steps=num_steps, mode=mode, smoothing=smoothing,
+                              diverge_threshold=diverge_threshold, suggestion=suggestion,
+                              progress=progress)
 
     def validate(self, state: Any, val_data: Any) -> dict[str, float]:
         """Returns ``{"val_loss": ..., "val_<metric>": ...}`` averaged over all examples.

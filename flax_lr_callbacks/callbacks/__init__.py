@@ -8,6 +8,7 @@ from flax_lr_callbacks.callbacks.cyclic import CyclicLR
 from flax_lr_callbacks.callbacks.one_cycle import OneCycle
 from flax_lr_callbacks.callbacks.plateau import ReduceLROnPlateau
 from flax_lr_callbacks.callbacks.restarts import CosineRestarts
+from flax_lr_callbacks.callbacks.lr_finder import LRFinder
 from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
 from flax_lr_callbacks.callbacks.progress import ProgressBar
 from flax_lr_callbacks.callbacks.schedule import LRSchedule
@@ -16,6 +17,7 @@ __all__ = [
     "Callback",
     "CosineRestarts",
     "CyclicLR",
+    "LRFinder",
     "LRSchedule",
     "LearningRateMonitor",
     "OneCycle",

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from flax_lr_callbacks.callbacks._util import UNITS, check_choice, clock, write
-from flax_lr_callbacks.callbacks.base import Callback, StepContext
+from flax_lr_callbacks.callbacks._util import UNITS, check_choice, check_number, clock, horizon, write
+from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
 __all__ = ["LRSchedule"]
 
 Unit = Literal["step", "epoch"]
+
+
+class PeakScale(NamedTuple):
+    scale: jax.Array  # multiplies the schedule; set by `set_peak`
 
 
 class LRSchedule(Callback):
@@ -34,6 +38,10 @@ class LRSchedule(Callback):
       unit: ``"step"`` (default) or ``"epoch"``.
       hyperparam: the injected hyperparameter to set (default ``"learning_rate"``).
       groups: optimizer groups to set (default: every group that has `hyperparam`).
+
+    *Peak hook.* ``set_peak(trainer, value)`` (called by `LRFinder`) rescales the schedule so
+    its largest value over the planned run equals `value`; the factor is device state, so
+    this never recompiles.
 
     Example:
       >>> import optax
@@ -58,8 +66,29 @@ class LRSchedule(Callback):
         self.sets = (hyperparam,)
         self.groups = None if groups is None else tuple(groups)
 
-    def rule(self, ctx: StepContext, hparams: Hyperparams, state: Any):
-        value = self.schedule(clock(ctx, self.unit))
+        self._peak_target: float | None = None
+
+    def _planned_max(self, plan: RunPlan) -> float:
+        count = horizon(plan.total_steps, plan.steps_per_epoch, self.unit)
+        values = jax.vmap(self.schedule)(jnp.arange(count))
+        return float(jnp.max(values))
+
+    def init_state(self, plan: RunPlan, hparams: Hyperparams) -> PeakScale:
+        scale = 1.0
+        if self._peak_target is not None:
+            scale = self._peak_target / self._planned_max(plan)
+        return PeakScale(scale=jnp.float32(scale))
+
+    def set_peak(self, trainer: Any, value: float) -> None:
+        """Rescales the schedule so its planned maximum equals `value` (no recompile)."""
+        check_number("peak", value, low=0, low_open=True)
+        self._peak_target = float(value)
+        if trainer is not None and getattr(trainer, "trainer_state", None) is not None:
+            plan = RunPlan(trainer.steps_per_epoch, trainer.total_steps)
+            trainer.update_callback_state(self, scale=value / self._planned_max(plan))
+
+    def rule(self, ctx: StepContext, hparams: Hyperparams, state: PeakScale):
+        value = self.schedule(clock(ctx, self.unit)) * state.scale
         return write(hparams, self.target_groups(hparams, self.hyperparam), self.hyperparam,
                      value), state
 

@@ -1,0 +1,126 @@
+"""LRFinder: run the LR range test at fit start and hand the suggestion to the schedule."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.finder import LRFinderResult
+
+__all__ = ["LRFinder"]
+
+log = logging.getLogger("flax_lr_callbacks")
+
+
+class LRFinder(Callback):
+    """Runs `Trainer.lr_find` before training and uses its suggestion as the peak LR.
+
+    At fit start it sweeps the LR on a copy of the state (training starts from the untouched
+    state), logs the plot to the logger (``lr_finder`` figure, ``lr_finder/suggestion``
+    scalar), saves a PNG, and hands the suggestion to the schedule that follows it in the
+    callback list: `OneCycle(max_lr=None)`, `CyclicLR`'s max, `CosineRestarts`' base,
+    `Warmup`/`Sequential` (forwarded inside), `LRSchedule` (rescaled so its peak equals the
+    suggestion). With no such schedule it sets the optimizer's base learning rate. None of this
+    recompiles the train step, and the LR monitor logs the LR actually applied afterwards.
+
+    Args:
+      min_lr, max_lr, num_steps, mode, smoothing, diverge_threshold, suggestion: as
+        `Trainer.lr_find` (defaults 1e-7, 10, 100, "exponential", 0.98, 4.0, "valley").
+      apply_to: the callback that receives the suggestion; default: the first one after this
+        callback that takes a peak.
+      plot_path: PNG path; ``"auto"`` (default) writes ``lr_finder.png`` into the logger's
+        folder when there is one; None writes nothing.
+
+    Example:
+      >>> from flax_lr_callbacks import OneCycle
+      >>> callbacks = [LRFinder(num_steps=100), OneCycle(max_lr=None)]
+
+    References:
+      Smith, "Cyclical Learning Rates for Training Neural Networks", 2015.
+    """
+
+    def __init__(self, min_lr: float = 1e-7, max_lr: float = 10.0, num_steps: int = 100,
+                 mode: Literal["exponential", "linear"] = "exponential",
+                 smoothing: float = 0.98, diverge_threshold: float = 4.0,
+                 suggestion: str = "valley", *, apply_to: Callback | None = None,
+                 plot_path: str | os.PathLike | None = "auto"):
+        from flax_lr_callbacks.range_test import validate_args
+
+        validate_args(min_lr, max_lr, num_steps, mode, smoothing, diverge_threshold, suggestion)
+        if apply_to is not None and not hasattr(apply_to, "set_peak"):
+            raise TypeError(f"apply_to must take a peak (have set_peak), got {apply_to!r}")
+        self.kwargs = dict(min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode,
+                           smoothing=smoothing, diverge_threshold=diverge_threshold,
+                           suggestion=suggestion)
+        self.apply_to = apply_to
+        self.plot_path = plot_path
+        self.result: LRFinderResult | None = None
+        self.applied_lr: float | None = None
+
+    def _target(self, trainer: Any) -> Callback | None:
+        if self.apply_to is not None:
+            return self.apply_to
+        after = trainer.callbacks[trainer.callbacks.index(self) + 1:]
+        return next((c for c in after if hasattr(c, "set_peak")), None)
+
+    def on_fit_start(self, trainer: Any, state: Any) -> None:
+        self.result = trainer.lr_find(state, trainer.train_data, **self.kwargs)
+        lr = self.result.suggestion
+        self._report(trainer)
+        if lr is None:
+            warnings.warn("LRFinder: no suggestion (too few points); the schedule keeps its own "
+                          "peak. Sweep more steps or a wider range.", RuntimeWarning,
+                          stacklevel=2)
+            return
+        target = self._target(trainer)
+        if target is not None:
+            target.set_peak(trainer, lr)
+        else:
+            trainer.set_base_hyperparam("learning_rate", lr)
+        self.applied_lr = lr
+        log.info("LRFinder: suggestion (%s) %.3g applied to %s", self.result.method, lr,
+                 target if target is not None else "the optimizer's learning_rate")
+
+    def _report(self, trainer: Any) -> None:
+        logger = trainer.logger
+        path = self.plot_path
+        if path == "auto":
+            folder = getattr(logger, "log_dir", None)
+            path = Path(folder) / "lr_finder.png" if folder else None
+        if path is None and logger is None:
+            return
+        fig = self.result.plot(path=path)
+        if logger is not None:
+            if self.result.suggestion is not None:
+                logger.log_metrics({"lr_finder/suggestion": self.result.suggestion}, step=0)
+            logger.log_figure("lr_finder", fig, step=0)
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.result is None:
+            return {}
+        r = self.result
+        return {"lrs": r.lrs.tolist(), "losses": r.losses.tolist(), "applied_lr": self.applied_lr,
+                "method": r.method, "smoothing": self.kwargs["smoothing"],
+                "diverge_threshold": self.kwargs["diverge_threshold"]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self.result = LRFinderResult.from_losses(
+            np.asarray(state_dict["lrs"]), np.asarray(state_dict["losses"]),
+            smoothing=state_dict["smoothing"], diverge_threshold=state_dict["diverge_threshold"],
+            method=state_dict["method"])
+        self.applied_lr = state_dict["applied_lr"]
+
+    def __repr__(self) -> str:
+        return f"LRFinder(suggestion={self.kwargs['suggestion']!r})"

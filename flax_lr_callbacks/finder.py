@@ -1,0 +1,281 @@
+"""The LR range test's algorithm: sweep values, smoothing, stop rule, suggestions, result.
+
+Pure NumPy on host values, usable without a Trainer (the Trainer's `lr_find` runs the sweep
+as compiled steps and hands the per-step losses to these functions).
+
+References:
+  Smith, "Cyclical Learning Rates for Training Neural Networks", 2015 (arXiv:1506.01186).
+  Smith, "A disciplined approach to neural network hyper-parameters: Part 1", 2018.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = [
+    "LRFinderResult",
+    "SUGGESTIONS",
+    "sweep_lrs",
+    "smooth",
+    "stop_index",
+    "suggest",
+    "valley",
+    "slide",
+    "minimum",
+    "steep",
+    "gradient",
+]
+
+Mode = Literal["exponential", "linear"]
+
+
+def sweep_lrs(min_lr: float, max_lr: float, num_steps: int, mode: Mode = "exponential"):
+    """The LR of each sweep step: exactly `min_lr` first and `max_lr` last.
+
+    Exponential: ``min * (max / min) ** (i / (n - 1))``; linear: evenly spaced.
+    """
+    if not 0 < min_lr < max_lr:
+        raise ValueError(f"need 0 < min_lr < max_lr, got min_lr={min_lr}, max_lr={max_lr}")
+    if not isinstance(num_steps, int) or num_steps < 2:
+        raise ValueError(f"num_steps must be an int >= 2, got {num_steps=}")
+    if mode == "exponential":
+        return np.geomspace(min_lr, max_lr, num_steps)
+    if mode == "linear":
+        return np.linspace(min_lr, max_lr, num_steps)
+    raise ValueError(f"mode must be one of ['exponential', 'linear'], got {mode=}")
+
+
+def smooth(losses: np.ndarray, beta: float = 0.98) -> np.ndarray:
+    """Bias-corrected exponential moving average (as in Adam's first moment).
+
+    ``avg_i = beta * avg_{i-1} + (1 - beta) * loss_i``, reported as ``avg_i / (1 - beta**(i+1))``
+    so early values are not dragged towards zero. ``beta=0`` returns the raw losses.
+    """
+    losses = np.asarray(losses, np.float64)
+    out = np.empty_like(losses)
+    avg = 0.0
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        out[i] = avg / (1 - beta ** (i + 1)) if beta > 0 else loss
+    return out
+
+
+def stop_index(losses: np.ndarray, smoothed: np.ndarray, diverge_threshold: float) -> int | None:
+    """Index of the step that ends the sweep, or None if it ran to the end.
+
+    The sweep stops at the first non-finite loss (that step is dropped) or at the first step
+    whose smoothed loss exceeds ``diverge_threshold * best smoothed loss so far`` (kept, so the
+    blow-up shows in the plot).
+    """
+    best = np.inf
+    for i, (raw, s) in enumerate(zip(losses, smoothed)):
+        if not (np.isfinite(raw) and np.isfinite(s)):
+            return i
+        if i > 0 and s > diverge_threshold * best:
+            return i
+        best = min(best, s)
+    return None
+
+
+def _too_few(name: str, n: int, need: int) -> None:
+    warnings.warn(f"LR finder: {name} suggestion needs at least {need} finite points after "
+                  f"trimming, got {n}; returning None. Sweep more steps or a wider LR range.",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _finite(lrs, losses):
+    lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
+    keep = np.isfinite(losses)
+    if not keep.all():  # cut at the first non-finite value: what follows is meaningless
+        cut = int(np.argmin(keep))
+        lrs, losses = lrs[:cut], losses[:cut]
+    return lrs, losses
+
+
+def _trim(lrs, losses):
+    """fastai's window: drop the first 10% (start-up noise) and the last 5 (blow-up)."""
+    n = len(losses)
+    return lrs[n // 10:max(n - 5, 0)], losses[n // 10:max(n - 5, 0)]
+
+
+def valley(lrs: np.ndarray, losses: np.ndarray) -> float | None:
+    """fastai's default: the longest strictly decreasing run of the curve, about 2/3 along it."""
+    lrs, losses = _trim(*_finite(lrs, losses))
+    n = len(losses)
+    if n < 3:
+        _too_few("valley", n, 3)
+        return None
+    # longest decreasing subsequence ending at each point, and where the best one starts
+    run = np.ones(n, int)
+    end = 0
+    for i in range(1, n):
+        smaller = losses[i] < losses[:i]
+        if smaller.any():
+            run[i] = 1 + run[:i][smaller].max()
+        if run[i] > run[end]:
+            end = i
+    start = end - run[end]
+    third = (end - start) / 3
+    idx = start + int(third) + int(third / 2)
+    return float(lrs[idx])
+
+
+def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float = 0.005,
+          adjust_value: float = 1.0) -> float | None:
+    """fastai's interval slide rule: walk left from the end until the loss gradient at two
+    points `lr_diff` apart differs by at most `thresh`; suggest the left point's LR."""
+    lrs, losses = _trim(*_finite(lrs, losses))
+    n = len(losses)
+    if n <= lr_diff:
+        _too_few("slide", n, lr_diff + 1)
+        return None
+    grad = np.gradient(losses)
+    right, left = n - 1, n - 1 - lr_diff
+    chosen = lrs[left]
+    while left >= 0 and abs(grad[right] - grad[left]) > thresh:
+        chosen = lrs[left]
+        right, left = right - 1, left - 1
+    return float(chosen) * adjust_value
+
+
+def minimum(lrs: np.ndarray, losses: np.ndarray) -> float | None:
+    """fastai's ``minimum``: one tenth of the LR with the lowest loss."""
+    lrs, losses = _trim(*_finite(lrs, losses))
+    if len(losses) < 1:
+        _too_few("minimum", 0, 1)
+        return None
+    return float(lrs[int(np.argmin(losses))]) / 10.0
+
+
+def steep(lrs: np.ndarray, losses: np.ndarray) -> float | None:
+    """fastai's ``steep``: the LR where the loss falls fastest per unit of log LR."""
+    lrs, losses = _trim(*_finite(lrs, losses))
+    if len(losses) < 2:
+        _too_few("steep", len(losses), 2)
+        return None
+    slopes = np.diff(losses) / np.diff(np.log(lrs))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+def gradient(lrs: np.ndarray, losses: np.ndarray, skip_begin: int = 10,
+             skip_end: int = 1) -> float | None:
+    """Lightning's suggestion: steepest descent of the loss per step (``np.gradient``), after
+    skipping `skip_begin` points at the start and `skip_end` at the end."""
+    lrs, losses = _finite(lrs, losses)
+    lrs, losses = lrs[skip_begin:len(lrs) - skip_end], losses[skip_begin:len(losses) - skip_end]
+    if len(losses) < 2:
+        _too_few("gradient", len(losses), 2)
+        return None
+    return float(lrs[int(np.argmin(np.gradient(losses)))])
+
+
+SUGGESTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {
+    "valley": valley,
+    "slide": slide,
+    "minimum": minimum,
+    "steep": steep,
+    "gradient": gradient,
+}
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float | None]:
+    """Every suggestion on a (smoothed) loss curve."""
+    return {name: fn(lrs, smoothed) for name, fn in SUGGESTIONS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class LRFinderResult:
+    """What a range test measured and suggests.
+
+    Attributes:
+      lrs: LR of each completed sweep step.
+      losses: raw training loss of each step.
+      smoothed_losses: bias-corrected EMA of `losses`.
+      method: the suggestion method chosen (``"valley"`` by default).
+      suggestion: the chosen method's LR (None if it had too few points).
+      suggestions: every method's LR: valley, slide, minimum, steep (fastai), gradient
+        (Lightning).
+      stopped_at: index of the step that stopped the sweep (divergence or non-finite loss),
+        or None if the sweep ran to `max_lr`.
+    """
+
+    lrs: np.ndarray
+    losses: np.ndarray
+    smoothed_losses: np.ndarray
+    method: str
+    suggestion: float | None
+    suggestions: dict[str, float | None]
+    stopped_at: int | None = None
+
+    @classmethod
+    def from_losses(cls, lrs: np.ndarray, losses: np.ndarray, *, smoothing: float = 0.98,
+                    diverge_threshold: float = 4.0, method: str = "valley") -> LRFinderResult:
+        """Applies smoothing and the stop rule to a full sweep, then every suggestion."""
+        if method not in SUGGESTIONS:
+            raise ValueError(f"suggestion must be one of {list(SUGGESTIONS)}, got {method!r}")
+        lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
+        smoothed = smooth(losses, smoothing)
+        stop = stop_index(losses, smoothed, diverge_threshold)
+        if stop is not None:
+            keep = stop if not np.isfinite(losses[stop]) else stop + 1
+            lrs, losses, smoothed = lrs[:keep], losses[:keep], smoothed[:keep]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            everything = suggest(lrs, smoothed)
+        if everything[method] is None:
+            SUGGESTIONS[method](lrs, smoothed)  # re-run to emit its warning once
+        return cls(lrs=lrs, losses=losses, smoothed_losses=smoothed, method=method,
+                   suggestion=everything[method], suggestions=everything, stopped_at=stop)
+
+    def loss_at(self, lr: float) -> float:
+        """Smoothed loss at the sweep step closest to `lr` (in log space)."""
+        idx = int(np.argmin(np.abs(np.log(self.lrs) - np.log(lr))))
+        return float(self.smoothed_losses[idx])
+
+    def plot(self, path: str | os.PathLike | None = None, ax: Any = None) -> Any:
+        """Draws smoothed (and raw) loss against LR on a log axis, suggestions marked.
+
+        Returns the matplotlib figure. Saves a PNG when `path` is given; draws into `ax`
+        when one is given.
+        """
+        import matplotlib
+
+        if ax is None and path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = None
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(7, 4))
+        else:
+            fig = ax.figure
+        ax.plot(self.lrs, self.losses, color="0.8", lw=1, label="loss")
+        ax.plot(self.lrs, self.smoothed_losses, color="C0", lw=2, label="smoothed loss")
+        markers = {"valley": "o", "slide": "s", "minimum": "v", "steep": "^", "gradient": "D"}
+        for name, lr in self.suggestions.items():
+            if lr is None:
+                continue
+            style = dict(ms=9, mfc="none", mew=2) if name != self.method else dict(ms=11, mew=2)
+            ax.plot([lr], [self.loss_at(lr)], markers[name], color=f"C{1 + list(markers).index(name)}",
+                    label=f"{name}: {lr:.2e}" + (" (chosen)" if name == self.method else ""),
+                    **style)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title("LR range test")
+        finite = self.smoothed_losses[np.isfinite(self.smoothed_losses)]
+        if finite.size:
+            top = min(finite.max(), 2.0 * finite[0] if finite[0] > 0 else finite.max())
+            ax.set_ylim(finite.min() - 0.05 * abs(finite.min()), top * 1.05)
+        ax.legend(fontsize=8)
+        if path is not None:
+            os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+            fig.tight_layout()
+            fig.savefig(path, dpi=120)
+        return fig
