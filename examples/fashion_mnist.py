@@ -7,6 +7,7 @@ validation metrics) and a PNG of the LR curve, and prints the test accuracy and 
     python examples/fashion_mnist.py                        # 1 epoch, one-cycle
     python examples/fashion_mnist.py --epochs 10 --schedule cosine
     python examples/fashion_mnist.py --limit-steps 50        # a smoke run
+    python examples/fashion_mnist.py --lr-find --epochs 10   # LR finder, then OneCycle
     tensorboard --logdir runs/
 """
 
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from flax_lr_callbacks import (ArrayDataset, LearningRateMonitor, LRSchedule,
-                               TensorBoardLogger, Trainer, injectable, load_fashion_mnist)
+from flax_lr_callbacks import (ArrayDataset, LearningRateMonitor, LRFinder, LRSchedule,
+                               OneCycle, TensorBoardLogger, Trainer, injectable,
+                               load_fashion_mnist)
+from flax_lr_callbacks.finder import SUGGESTIONS
 from flax_lr_callbacks.data import as_batches
 
 
@@ -96,6 +98,10 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--logdir", default="runs/fashion_mnist")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr-find", action="store_true",
+                   help="run the LR range test first and use its suggestion as OneCycle's peak")
+    p.add_argument("--suggestion", choices=list(SUGGESTIONS), default="valley",
+                   help="which finder suggestion to use with --lr-find")
     args = p.parse_args(argv)
 
     data = load_fashion_mnist(args.data_dir)
@@ -110,11 +116,17 @@ def main(argv=None) -> dict:
     tx = injectable(optax.sgd, learning_rate=args.lr, momentum=0.9)
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-    run_dir = Path(args.logdir) / args.schedule
+    name = f"lr_find_{args.suggestion}_onecycle" if args.lr_find else args.schedule
+    run_dir = Path(args.logdir) / name
     monitor = LearningRateMonitor()
+    if args.lr_find:
+        finder = LRFinder(suggestion=args.suggestion)
+        schedule_callbacks = [finder, OneCycle(max_lr=None)]
+    else:
+        schedule_callbacks = [LRSchedule(make_schedule(args.schedule, args.lr, steps))]
     trainer = Trainer(
         make_loss_fn(model), max_epochs=args.epochs, max_steps=steps, log_every_n_steps=20,
-        callbacks=[LRSchedule(make_schedule(args.schedule, args.lr, steps)), monitor],
+        callbacks=[*schedule_callbacks, monitor],
         logger=TensorBoardLogger(run_dir), seed=args.seed,
     )
     start = time.perf_counter()
@@ -122,7 +134,7 @@ def main(argv=None) -> dict:
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     result = {
-        "schedule": args.schedule,
+        "schedule": name,
         "steps": trainer.global_step,
         "test_accuracy": trainer.callback_metrics["val_acc"],
         "test_loss": trainer.callback_metrics["val_loss"],
@@ -132,6 +144,12 @@ def main(argv=None) -> dict:
     }
     png = run_dir / "lr_curve.png"
     plot_lr(monitor, png)
+    if args.lr_find:
+        result["lr_suggestion"] = finder.applied_lr
+        result["suggestions"] = finder.result.suggestions
+        print(f"LR finder: {args.suggestion} suggestion {finder.applied_lr:.3g} "
+              f"(all: {', '.join(f'{k}={v:.3g}' for k, v in finder.result.suggestions.items() if v)})"
+              f"; plot: {run_dir / 'lr_finder.png'}")
     print(f"schedule={result['schedule']} steps={result['steps']} "
           f"test_accuracy={result['test_accuracy']:.4f} test_loss={result['test_loss']:.4f} "
           f"steps/s={result['steps_per_second']:.1f} (compile included) "

@@ -269,10 +269,13 @@ class LRFinderResult:
         ax.set_xlabel("learning rate")
         ax.set_ylabel("training loss")
         ax.set_title("LR range test")
-        finite = self.smoothed_losses[np.isfinite(self.smoothed_losses)]
-        if finite.size:
-            top = min(finite.max(), 2.0 * finite[0] if finite[0] > 0 else finite.max())
-            ax.set_ylim(finite.min() - 0.05 * abs(finite.min()), top * 1.05)
+        smoothed = self.smoothed_losses[np.isfinite(self.smoothed_losses)]
+        raw = self.losses[np.isfinite(self.losses)]
+        if smoothed.size:
+            # Show every raw dip, but cut the divergence spike so the valley stays readable.
+            low = min(smoothed.min(), raw.min())
+            top = min(smoothed.max(), 2.0 * smoothed[0] if smoothed[0] > 0 else smoothed.max())
+            ax.set_ylim(low - 0.05 * abs(low), top * 1.05)
         ax.legend(fontsize=8)
         if path is not None:
             os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)

@@ -1,9 +1,15 @@
-"""The LR range test as compiled steps: chunks of sweep steps fused with `lax.scan`.
+"""The LR range test as compiled steps.
 
 `Trainer.lr_find` calls `run`. The sweep trains a *copy* of the state (the caller's arrays are
-never donated or changed), feeds the LR as a traced input (one compile for the whole sweep,
-reused by later sweeps of the same shapes), and fetches each chunk's losses in one transfer to
-apply the stop rule on the host.
+never donated or changed) with one jitted step whose LR is a traced input (one compile for the
+whole sweep, reused by later sweeps of the same shapes). Steps are dispatched asynchronously and
+their losses stay on device; every `chunk_size` steps they are fetched in one transfer and the
+stop rule runs on the host.
+
+Why not fuse the chunk with `lax.scan`: on XLA:CPU a convolution inside a while loop loses its
+fast path (measured 2.41 s vs 0.15 s per step for the seed CNN at batch 64, jax 0.10.2), and
+unrolling multiplies compile time. Async dispatch already hides the per-step launch cost for
+any model big enough to need a range test.
 """
 
 from __future__ import annotations
@@ -23,23 +29,20 @@ __all__ = ["run", "chunk_size"]
 
 
 def chunk_size(num_steps: int, largest: int = 16) -> int:
-    """Largest divisor of `num_steps` up to `largest`: every chunk has one compiled shape."""
+    """Steps between host checks of the stop rule: the largest divisor of `num_steps` up to
+    `largest`, so the last check falls on the last step."""
     return max(k for k in range(1, min(largest, num_steps) + 1) if num_steps % k == 0)
 
 
-def _chunk_fn(trainer: Any, groups: list[str]):
-    def one_step(state, xs):
-        lr, batch, key = xs
+def _step_fn(trainer: Any, groups: list[str]):
+    def step(state, lr, batch, key):
         values = {g: {"learning_rate": lr} for g in groups}
         state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, values))
         (loss, _), grads = jax.value_and_grad(trainer._loss, has_aux=True)(
             state.params, batch, key)
         return state.apply_gradients(grads=grads), loss
 
-    def chunk(state, lrs, batches, keys):
-        return jax.lax.scan(one_step, state, (lrs, batches, keys))
-
-    return jax.jit(chunk, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0)
 
 
 def _batches(trainer: Any, data: Any):
@@ -66,35 +69,34 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
     state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
     k = chunk_size(num_steps)
     cache = trainer.__dict__.setdefault("_range_test_fns", {})
-    key = (k, tuple(groups))
-    if key not in cache:
-        cache[key] = _chunk_fn(trainer, groups)
-    chunk = cache[key]
+    if tuple(groups) not in cache:
+        cache[tuple(groups)] = _step_fn(trainer, groups)
+    step = cache[tuple(groups)]
     base_key = jax.random.fold_in(jax.random.PRNGKey(trainer.seed), 0x5EED)
     stream = _batches(trainer, data)
     shape = None
     losses: list[float] = []
+    pending: list[jax.Array] = []
     bar = tqdm(total=num_steps, desc="LR finder", unit="step", leave=False, disable=not progress)
     try:
-        for start in range(0, num_steps, k):
-            batch_list = []
-            while len(batch_list) < k:
+        for i in range(num_steps):
+            batch = next(stream)
+            this = jax.tree_util.tree_map(np.shape, batch)
+            shape = this if shape is None else shape
+            while this != shape:  # a smaller last batch would compile a second shape
                 batch = next(stream)
                 this = jax.tree_util.tree_map(np.shape, batch)
-                shape = this if shape is None else shape
-                if this == shape:  # a smaller last batch would change the compiled shape
-                    batch_list.append(batch)
-            stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batch_list)
-            keys = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(
-                jnp.arange(start, start + k))
-            state, chunk_losses = chunk(state, jnp.asarray(lrs[start:start + k], jnp.float32),
-                                        stacked, keys)
-            losses.extend(np.asarray(jax.device_get(chunk_losses), np.float64).tolist())
-            bar.update(k)
-            raw = np.asarray(losses)
-            if finder.stop_index(raw, finder.smooth(raw, smoothing),
-                                 diverge_threshold) is not None:
-                break
+            state, loss = step(state, jnp.float32(lrs[i]), batch,
+                               jax.random.fold_in(base_key, i))
+            pending.append(loss)
+            if len(pending) == k:
+                losses.extend(float(v) for v in jax.device_get(pending))  # one fetch per chunk
+                pending.clear()
+                bar.update(k)
+                raw = np.asarray(losses)
+                if finder.stop_index(raw, finder.smooth(raw, smoothing),
+                                     diverge_threshold) is not None:
+                    break
     finally:
         bar.close()
     return finder.LRFinderResult.from_losses(

@@ -16,43 +16,24 @@ How the three invariants are kept:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
-from flax_lr_callbacks.callbacks.base import Callback, StepContext, apply_rules, hparam_key
+from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.finder import LRFinderResult
+from flax_lr_callbacks.step import TrainerState
 
 __all__ = ["Trainer", "TrainerState"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainerState(NamedTuple):
-    """Everything the jitted train step carries from one step to the next."""
-
-    train_state: Any  # e.g. flax TrainState (params, opt_state with injected hparams, step)
-    base_hparams: hp_lib.Hyperparams  # values rules start from each step
-    callback_states: tuple  # one device pytree per callback
-    key: jax.Array  # base PRNG key; step t uses fold_in(key, t)
-    step: jax.Array  # int32 step of this fit (the schedule clock)
-    steps_per_epoch: jax.Array
-    total_steps: jax.Array
-    buffer: dict[str, jax.Array]  # ring buffer of per-step records, log_every_n_steps rows
-
-
-def _batch_size(batch: Any) -> int:
-    leaves = jax.tree_util.tree_leaves(batch)
-    if not leaves:
-        raise ValueError("a batch has no array leaves")
-    return int(np.shape(leaves[0])[0])
 
 
 class Trainer:
@@ -95,8 +76,7 @@ class Trainer:
         eval_fn: Callable[[Any, Any], dict[str, Any]] | None = None,
         enable_progress_bar: bool = True,
     ):
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {loss_fn!r}")
+        self._loss = step_lib.LossFn(loss_fn)
         if max_epochs is None and max_steps is None:
             raise ValueError("give max_epochs or max_steps (both are None)")
         for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps),
@@ -124,7 +104,6 @@ class Trainer:
         self.log_every_n_steps = log_every_n_steps
         self.seed = seed
         self.eval_fn = eval_fn
-        self._loss_takes_rng = "rng" in inspect.signature(loss_fn).parameters
 
         # Host counters and results, readable by callbacks.
         self.global_step = 0
@@ -143,73 +122,13 @@ class Trainer:
         self._eval_step = jax.jit(self._eval_batch)
 
     # ------------------------------------------------------------------ in-graph pieces
-    def apply_rules(self, ts: TrainerState) -> tuple[hp_lib.Hyperparams, tuple]:
-        """Runs every callback rule for step ``ts.step``; returns hparams and new states."""
-        ctx = StepContext(
-            step=ts.step,
-            epoch=ts.step // ts.steps_per_epoch,
-            steps_per_epoch=ts.steps_per_epoch,
-            total_steps=ts.total_steps,
-        )
-        return apply_rules(self.callbacks, ctx, ts.base_hparams, ts.callback_states)
-
-    def _loss(self, params, batch, rng):
-        out = self.loss_fn(params, batch, rng=rng) if self._loss_takes_rng else self.loss_fn(
-            params, batch
-        )
-        if isinstance(out, tuple):
-            if len(out) != 2 or not isinstance(out[1], dict):
-                raise TypeError("loss_fn must return loss or (loss, {name: scalar})")
-            return out
-        return out, {}
-
     def _step(self, ts: TrainerState, batch: Any) -> TrainerState:
         self.num_step_traces += 1  # Python side effect: runs only when tracing
-        hparams, cb_states = self.apply_rules(ts)
-        state = ts.train_state
-        state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, hparams))
-        rng = jax.random.fold_in(ts.key, ts.step)
-        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(
-            state.params, batch, rng
-        )
-        state = state.apply_gradients(grads=grads)
-        record = self._record(loss, metrics, hparams)
-        slot = ts.step % self.log_every_n_steps
-        buffer = {k: b.at[slot].set(record[k]) for k, b in ts.buffer.items()}
-        return ts._replace(
-            train_state=state, callback_states=cb_states, step=ts.step + 1, buffer=buffer
-        )
-
-    @staticmethod
-    def _record(loss, metrics, hparams) -> dict[str, jax.Array]:
-        record = {"loss": loss, **{f"train_{k}": v for k, v in metrics.items()}}
-        for g, names in hparams.items():
-            for n, v in names.items():
-                record[hparam_key(g, n)] = v
-        return {k: jnp.asarray(v, jnp.float32) for k, v in record.items()}
-
-    def _empty_buffer(self, ts: TrainerState, batch: Any) -> dict[str, jax.Array]:
-        def record_only(ts, batch):
-            hparams, _ = self.apply_rules(ts)
-            loss, metrics = self._loss(ts.train_state.params, batch, ts.key)
-            return self._record(loss, metrics, hparams)
-
-        shapes = jax.eval_shape(record_only, ts, batch)
-        n = self.log_every_n_steps
-        return {k: jnp.zeros((n,), jnp.float32) for k in shapes}
+        return step_lib.train_step(ts, batch, loss=self._loss, callbacks=self.callbacks,
+                                   buffer_size=self.log_every_n_steps)
 
     def _eval_batch(self, params: Any, batch: Any) -> dict[str, jax.Array]:
-        out = self.loss_fn(params, batch, rng=None) if self._loss_takes_rng else self.loss_fn(
-            params, batch
-        )
-        loss, metrics = (out if isinstance(out, tuple) else (out, {}))
-        values = {"loss": loss, **metrics}
-        if self.eval_fn is not None:
-            values.update(self.eval_fn(params, batch))
-        n = jnp.asarray(_batch_size(batch), jnp.float32)
-        sums = {k: jnp.asarray(v, jnp.float32) * n for k, v in values.items()}
-        sums["_count"] = n
-        return sums
+        return step_lib.eval_sums(params, batch, loss=self._loss, eval_fn=self.eval_fn)
 
     # ------------------------------------------------------------------ set-up
     def _resolve_steps_per_epoch(self, data: Any) -> int:
@@ -267,7 +186,9 @@ class Trainer:
             total_steps=jnp.asarray(total_steps, jnp.int32),
             buffer={},
         )
-        ts = ts._replace(buffer=self._empty_buffer(ts, first_batch))
+        ts = ts._replace(buffer=step_lib.empty_buffer(
+            ts, first_batch, loss=self._loss, callbacks=self.callbacks,
+            buffer_size=self.log_every_n_steps))
         # Commit everything to one explicit placement. jit keys its cache on committedness
         # and sharding, so a host write (device_put with the field's sharding) into an
         # uncommitted field would compile a second executable without retracing.
@@ -284,67 +205,23 @@ class Trainer:
         return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     # ------------------------------------------------------------------ host access
-    def _state_path(self, callback: Callback) -> list[int]:
-        """Indices from the callback list down through composites' `children` to `callback`."""
-        def find(callbacks, path):
-            for i, c in enumerate(callbacks):
-                if c is callback:
-                    return path + [i]
-                found = find(getattr(c, "children", ()), path + [i])
-                if found:
-                    return found
-            return None
-
-        path = find(self.callbacks, [])
-        if path is None:
-            raise ValueError(f"{callback!r} is not among this Trainer's callbacks")
-        return path
-
     def callback_state(self, callback: Callback) -> Any:
         """The device state of `callback` (also one nested in a composite) in the running fit."""
-        path = self._state_path(callback)
-        state = self.trainer_state.callback_states[path[0]]
-        for i in path[1:]:
-            state = state.children[i]
-        return state
+        return step_lib.get_callback_state(self.trainer_state, self.callbacks, callback)
 
     def update_callback_state(self, callback: Callback, **values: Any) -> None:
-        """Writes host values into fields of `callback`'s device state without retracing.
+        """Writes host values into fields of `callback`'s device state without recompiling.
 
         Each value is cast to the field's dtype and placed with its sharding, so the jitted
         step sees the same signature. `callback` may be nested inside a composite.
         """
-        old = self.callback_state(callback)
-        fields = old._asdict() if hasattr(old, "_asdict") else dict(old)
-        for name, v in values.items():
-            if name not in fields:
-                raise KeyError(f"{callback!r} state has no field {name!r}; has {sorted(fields)}")
-            cur = fields[name]
-            fields[name] = jax.device_put(np.asarray(v, dtype=cur.dtype), cur.sharding)
-        new = type(old)(**fields) if hasattr(old, "_asdict") else fields
-
-        def rebuild(state, path):
-            if not path:
-                return new
-            children = list(state.children)
-            children[path[0]] = rebuild(children[path[0]], path[1:])
-            return state._replace(children=tuple(children))
-
-        path = self._state_path(callback)
-        states = list(self.trainer_state.callback_states)
-        states[path[0]] = rebuild(states[path[0]], path[1:])
-        self.trainer_state = self.trainer_state._replace(callback_states=tuple(states))
+        self.trainer_state = step_lib.replace_callback_state(
+            self.trainer_state, self.callbacks, callback, **values)
 
     def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
         """Sets the base value of an injected hyperparameter (the value rules start from)."""
-        base = {g: dict(d) for g, d in self.trainer_state.base_hparams.items()}
-        targets = [group] if group else [g for g in base if name in base[g]]
-        if not targets or any(name not in base.get(g, {}) for g in targets):
-            raise TypeError(f"optimizer has no injectable {name!r} in groups {targets or list(base)}")
-        for g in targets:
-            cur = base[g][name]
-            base[g][name] = jax.device_put(np.asarray(value, cur.dtype), cur.sharding)
-        self.trainer_state = self.trainer_state._replace(base_hparams=base)
+        self.trainer_state = step_lib.replace_base_hyperparam(self.trainer_state, name, value,
+                                                              group)
 
     # ------------------------------------------------------------------ the loop
     def _epoch_batches(self, data: Any, epoch: int) -> Iterable[Any]:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import loss_fn, make_state
+from conftest import loss_fn
 from host_sync import count_host_transfers
 
 from flax_lr_callbacks import (ArrayDataset, Callback, CosineRestarts, CyclicLR,

@@ -2,7 +2,6 @@
 
 import numpy as np
 import optax
-import pytest
 from conftest import loss_fn, make_state
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

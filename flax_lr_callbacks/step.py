@@ -1,0 +1,190 @@
+"""The pure pieces of the train step: carried state, loss calling, rules, records.
+
+`Trainer` jits `train_step` once per fit; the same functions serve anyone who wants the
+callbacks' in-graph behaviour inside a hand-written step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flax_lr_callbacks import hyperparams as hp_lib
+from flax_lr_callbacks.callbacks.base import Callback, StepContext, apply_rules, hparam_key
+
+__all__ = ["TrainerState", "LossFn", "step_context", "train_step", "record", "empty_buffer",
+           "eval_sums"]
+
+
+class TrainerState(NamedTuple):
+    """Everything the jitted train step carries from one step to the next."""
+
+    train_state: Any  # e.g. flax TrainState (params, opt_state with injected hparams, step)
+    base_hparams: hp_lib.Hyperparams  # values rules start from each step
+    callback_states: tuple  # one device pytree per callback
+    key: jax.Array  # base PRNG key; step t uses fold_in(key, t)
+    step: jax.Array  # int32 step of this fit (the schedule clock)
+    steps_per_epoch: jax.Array
+    total_steps: jax.Array
+    buffer: dict[str, jax.Array]  # ring buffer of per-step records, log_every_n_steps rows
+
+
+class LossFn:
+    """A user ``loss_fn`` normalized to ``(params, batch, rng) -> (loss, metrics)``.
+
+    ``rng`` is passed only when the user's function has an ``rng`` parameter.
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        if not callable(fn):
+            raise TypeError(f"loss_fn must be callable, got {fn!r}")
+        self.fn = fn
+        self.takes_rng = "rng" in inspect.signature(fn).parameters
+
+    def __call__(self, params: Any, batch: Any, rng: jax.Array | None):
+        out = self.fn(params, batch, rng=rng) if self.takes_rng else self.fn(params, batch)
+        if isinstance(out, tuple):
+            if len(out) != 2 or not isinstance(out[1], dict):
+                raise TypeError("loss_fn must return loss or (loss, {name: scalar})")
+            return out
+        return out, {}
+
+
+def step_context(ts: TrainerState) -> StepContext:
+    """The traced counters rules read at step ``ts.step``."""
+    return StepContext(step=ts.step, epoch=ts.step // ts.steps_per_epoch,
+                       steps_per_epoch=ts.steps_per_epoch, total_steps=ts.total_steps)
+
+
+def record(loss: Any, metrics: dict[str, Any], hparams: hp_lib.Hyperparams) -> dict[str, Any]:
+    """The per-step values kept in the buffer: loss, ``train_<metric>``, applied hparams."""
+    out = {"loss": loss, **{f"train_{k}": v for k, v in metrics.items()}}
+    for g, names in hparams.items():
+        for n, v in names.items():
+            out[hparam_key(g, n)] = v
+    return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+
+
+def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
+               callbacks: Sequence[Callback], buffer_size: int) -> TrainerState:
+    """One step: rules -> write hyperparameters -> gradient update -> record into the buffer."""
+    hparams, cb_states = apply_rules(callbacks, step_context(ts), ts.base_hparams,
+                                     ts.callback_states)
+    state = ts.train_state
+    state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, hparams))
+    rng = jax.random.fold_in(ts.key, ts.step)
+    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch, rng)
+    state = state.apply_gradients(grads=grads)
+    values = record(value, metrics, hparams)
+    slot = ts.step % buffer_size
+    buffer = {k: b.at[slot].set(values[k]) for k, b in ts.buffer.items()}
+    return ts._replace(train_state=state, callback_states=cb_states, step=ts.step + 1,
+                       buffer=buffer)
+
+
+def empty_buffer(ts: TrainerState, batch: Any, *, loss: LossFn,
+                 callbacks: Sequence[Callback], buffer_size: int) -> dict[str, jax.Array]:
+    """Zeros shaped like the records of `train_step` (found by abstract evaluation)."""
+    def record_only(ts, batch):
+        hparams, _ = apply_rules(callbacks, step_context(ts), ts.base_hparams,
+                                 ts.callback_states)
+        value, metrics = loss(ts.train_state.params, batch, ts.key)
+        return record(value, metrics, hparams)
+
+    shapes = jax.eval_shape(record_only, ts, batch)
+    return {k: jnp.zeros((buffer_size,), jnp.float32) for k in shapes}
+
+
+def batch_size(batch: Any) -> int:
+    """Leading dimension of a batch's first leaf."""
+    leaves = jax.tree_util.tree_leaves(batch)
+    if not leaves:
+        raise ValueError("a batch has no array leaves")
+    return int(np.shape(leaves[0])[0])
+
+
+def eval_sums(params: Any, batch: Any, *, loss: LossFn,
+              eval_fn: Callable[[Any, Any], dict[str, Any]] | None) -> dict[str, jax.Array]:
+    """Example-weighted sums of the validation loss and metrics of one batch (no rng)."""
+    value, metrics = loss(params, batch, None)
+    values = {"loss": value, **metrics}
+    if eval_fn is not None:
+        values.update(eval_fn(params, batch))
+    n = jnp.asarray(batch_size(batch), jnp.float32)
+    sums = {k: jnp.asarray(v, jnp.float32) * n for k, v in values.items()}
+    sums["_count"] = n
+    return sums
+
+
+# ---------------------------------------------------------------------- host-side edits
+def _put_like(value: Any, like: jax.Array) -> jax.Array:
+    """`value` with the dtype and sharding of `like`: same jit signature, no recompile."""
+    return jax.device_put(np.asarray(value, dtype=like.dtype), like.sharding)
+
+
+def _state_path(callbacks: Sequence[Callback], callback: Callback) -> list[int]:
+    """Indices from the callback list down through composites' `children` to `callback`."""
+    def find(items, path):
+        for i, c in enumerate(items):
+            if c is callback:
+                return path + [i]
+            found = find(getattr(c, "children", ()), path + [i])
+            if found:
+                return found
+        return None
+
+    path = find(callbacks, [])
+    if path is None:
+        raise ValueError(f"{callback!r} is not among the callbacks")
+    return path
+
+
+def get_callback_state(ts: TrainerState, callbacks: Sequence[Callback],
+                       callback: Callback) -> Any:
+    """The device state of `callback`, also when nested inside a composite."""
+    path = _state_path(callbacks, callback)
+    state = ts.callback_states[path[0]]
+    for i in path[1:]:
+        state = state.children[i]
+    return state
+
+
+def replace_callback_state(ts: TrainerState, callbacks: Sequence[Callback], callback: Callback,
+                           **values: Any) -> TrainerState:
+    """`ts` with fields of `callback`'s state replaced by host values (dtype/sharding kept)."""
+    old = get_callback_state(ts, callbacks, callback)
+    fields = old._asdict() if hasattr(old, "_asdict") else dict(old)
+    for name, v in values.items():
+        if name not in fields:
+            raise KeyError(f"{callback!r} state has no field {name!r}; has {sorted(fields)}")
+        fields[name] = _put_like(v, fields[name])
+    new = type(old)(**fields) if hasattr(old, "_asdict") else fields
+
+    def rebuild(state, path):
+        if not path:
+            return new
+        children = list(state.children)
+        children[path[0]] = rebuild(children[path[0]], path[1:])
+        return state._replace(children=tuple(children))
+
+    path = _state_path(callbacks, callback)
+    states = list(ts.callback_states)
+    states[path[0]] = rebuild(states[path[0]], path[1:])
+    return ts._replace(callback_states=tuple(states))
+
+
+def replace_base_hyperparam(ts: TrainerState, name: str, value: float,
+                            group: str | None = None) -> TrainerState:
+    """`ts` with the base value of `name` (in `group`, or every group having it) replaced."""
+    base = {g: dict(d) for g, d in ts.base_hparams.items()}
+    targets = [group] if group else [g for g in base if name in base[g]]
+    if not targets or any(name not in base.get(g, {}) for g in targets):
+        raise TypeError(f"optimizer has no injectable {name!r} in groups {targets or list(base)}")
+    for g in targets:
+        base[g][name] = _put_like(value, base[g][name])
+    return ts._replace(base_hparams=base)

@@ -1,0 +1,222 @@
+"""LR range finder: suggestions on known curves, the compiled sweep, state safety, hand-off."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from conftest import loss_fn, make_data, make_state
+from test_tensorboard import read_scalars
+
+from flax_lr_callbacks import (ArrayDataset, CosineRestarts, CyclicLR, LearningRateMonitor,
+                               LRFinder, LRSchedule, OneCycle, TensorBoardLogger, Trainer,
+                               Warmup, injectable)
+from flax_lr_callbacks import finder
+
+LRS = np.geomspace(1e-5, 1.0, 101)  # log10(lr) = -5 + i/20
+
+
+def bowl(center_log10=-2.0):
+    """A smooth loss: flat at 2 for small LRs, falling to a valley at 10**center, rising after."""
+    x = np.log10(LRS)
+    return 1.0 + np.tanh(-(x - (center_log10 - 1.0))) * 0.5 + 0.5 * np.maximum(
+        0, x - center_log10) ** 2
+
+
+# ----------------------------------------------------------------------------- pure algorithm
+def test_sweep_hits_both_ends():
+    """Exponential and linear sweeps start at min_lr and end at max_lr exactly."""
+    for mode in ("exponential", "linear"):
+        lrs = finder.sweep_lrs(1e-6, 3.0, 50, mode)
+        assert lrs[0] == pytest.approx(1e-6) and lrs[-1] == pytest.approx(3.0) and len(lrs) == 50
+    assert np.allclose(np.diff(np.log(finder.sweep_lrs(1e-6, 3.0, 50))), np.log(3e6) / 49)
+
+
+def test_smoothing_is_bias_corrected():
+    """A constant loss stays constant from the first point (no pull towards zero)."""
+    np.testing.assert_allclose(finder.smooth(np.full(20, 3.0), 0.98), 3.0)
+    s = finder.smooth(np.array([1.0, 3.0]), 0.5)
+    assert s[1] == pytest.approx((0.25 * 1 + 0.5 * 3) / 0.75)
+
+
+def test_stop_rule():
+    """Stops at the first non-finite loss, or when smoothed > threshold x best."""
+    raw = np.array([1.0, 0.9, 0.8, np.nan, 0.5])
+    assert finder.stop_index(raw, finder.smooth(raw, 0.0), 4.0) == 3
+    raw = np.array([1.0, 0.5, 0.4, 1.0, 2.5])
+    assert finder.stop_index(raw, raw, 4.0) == 4  # 2.5 > 4 * 0.4
+    assert finder.stop_index(raw[:4], raw[:4], 4.0) is None
+
+
+def test_minimum_and_steep_on_known_curve():
+    """minimum = lr at the lowest loss / 10; steep = steepest fall per log-LR."""
+    x = np.log10(LRS)
+    losses = (x + 2.0) ** 2  # minimum at lr = 1e-2
+    assert finder.minimum(LRS, losses) == pytest.approx(1e-3, rel=0.05)
+    drop = 2.0 - 1.0 / (1.0 + np.exp(-(x + 3.0) * 8))  # steepest at lr = 1e-3
+    assert finder.steep(LRS, drop) == pytest.approx(1e-3, rel=0.15)
+    assert finder.gradient(LRS, drop) == pytest.approx(1e-3, rel=0.15)
+
+
+def test_valley_lies_in_the_longest_descent():
+    """valley picks a point about 2/3 down the longest decreasing stretch."""
+    losses = bowl()
+    lr = finder.valley(LRS, losses)
+    i = int(np.argmin(np.abs(LRS - lr)))
+    bottom = int(np.argmin(losses))
+    assert losses[i] < losses[0] - 0.3 and i < bottom  # on the falling side, well below start
+
+
+def test_slide_finds_where_gradient_flattens():
+    """slide returns an LR on the falling part, before the rise."""
+    losses = bowl()
+    lr = finder.slide(LRS, losses)
+    assert lr is not None and 1e-5 < lr < 10 ** -1.5
+
+
+def test_suggestions_ignore_nan_tail():
+    """A NaN tail is cut off; suggestions come from the finite part (fastai #3476)."""
+    losses = bowl()
+    losses[80:] = np.nan
+    got = finder.suggest(LRS, losses)
+    assert all(v is not None and np.isfinite(v) and v <= LRS[79] for v in got.values())
+
+
+def test_too_few_points_warn_and_return_none():
+    """With too few finite points every suggestion warns and returns None."""
+    losses = np.array([1.0, 0.9, np.nan] + [1.0] * 10)
+    lrs = np.geomspace(1e-3, 1, len(losses))
+    for name, fn in finder.SUGGESTIONS.items():
+        with pytest.warns(RuntimeWarning, match=f"{name} suggestion needs at least"):
+            assert fn(lrs, losses) is None
+
+
+def test_result_from_losses_cuts_at_divergence():
+    """from_losses keeps the diverging step, drops a non-finite one, records where it stopped."""
+    raw = np.concatenate([np.linspace(2, 1, 40), [5.0, 50.0]])
+    lrs = np.geomspace(1e-4, 1, len(raw))
+    r = finder.LRFinderResult.from_losses(lrs, raw, smoothing=0.0)
+    assert r.stopped_at == 40 and len(r.lrs) == 41
+    with pytest.raises(ValueError, match=r"suggestion must be one of \['valley', 'slide'"):
+        finder.LRFinderResult.from_losses(lrs, raw, method="best")
+
+
+# ----------------------------------------------------------------------------- compiled sweep
+def sweep_data():
+    return ArrayDataset(make_data(256), 16)
+
+
+def test_lr_find_leaves_state_bitwise_equal_and_writes_nothing(tmp_path, monkeypatch):
+    """Params, opt_state (incl. count and injected LR) and step are bitwise unchanged."""
+    monkeypatch.chdir(tmp_path)
+    state = make_state()
+    before = jax.tree_util.tree_map(np.array, state)
+    trainer = Trainer(loss_fn, enable_progress_bar=False)
+    result = trainer.lr_find(state, sweep_data(), num_steps=40, progress=False)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before,
+                           jax.tree_util.tree_map(np.array, state))
+    assert len(result.lrs) == 40 and result.lrs[0] == pytest.approx(1e-7)
+    assert list(tmp_path.iterdir()) == []
+    assert trainer.global_step == 0
+
+
+def test_lr_find_linear_reaches_max_and_cycles_epochs():
+    """A linear sweep longer than an epoch runs to max_lr when nothing diverges."""
+    result = Trainer(loss_fn, enable_progress_bar=False).lr_find(
+        make_state(), ArrayDataset(make_data(64), 16), min_lr=1e-4, max_lr=1e-2, num_steps=30,
+        mode="linear", progress=False)
+    assert len(result.lrs) == 30 and result.stopped_at is None
+    assert result.lrs[0] == pytest.approx(1e-4) and result.lrs[-1] == pytest.approx(1e-2)
+
+
+def test_lr_find_stops_on_divergence():
+    """An absurd max_lr diverges: the sweep stops early and suggests below the blow-up."""
+    result = Trainer(loss_fn, enable_progress_bar=False).lr_find(
+        make_state(), sweep_data(), min_lr=1e-4, max_lr=1e6, num_steps=100, progress=False)
+    assert result.stopped_at is not None and len(result.lrs) < 100
+    assert result.suggestion < result.lrs[-1]
+
+
+def test_lr_find_mid_training_and_several_groups(data):
+    """Works after training (own counters) and with multi_transform groups."""
+    tx = optax.multi_transform(
+        {"a": injectable(optax.sgd, learning_rate=0.1, momentum=0.9),
+         "b": injectable(optax.adam, learning_rate=1e-3)},
+        lambda p: {"params": {"Dense_0": "a", "Dense_1": "b"}})
+    trainer = Trainer(loss_fn, max_epochs=2, enable_progress_bar=False)
+    trained = trainer.fit(make_state(tx), data[0])
+    result = trainer.lr_find(trained, sweep_data(), num_steps=30, progress=False)
+    assert len(result.lrs) == 30 and result.suggestion is not None
+    assert trainer.global_step == 12
+
+
+def test_lr_find_validation():
+    """Bad range-test arguments are named."""
+    trainer = Trainer(loss_fn, enable_progress_bar=False)
+    for kwargs, match in [({"min_lr": 0}, r"min_lr must be a finite number > 0"),
+                          ({"max_lr": 1e-8}, r"max_lr must be > min_lr"),
+                          ({"num_steps": 1}, r"num_steps must be an int >= 2"),
+                          ({"mode": "log"}, r"mode must be one of"),
+                          ({"smoothing": 1.0}, r"smoothing must be in \[0, 1\)"),
+                          ({"diverge_threshold": 1.0}, r"diverge_threshold must be > 1"),
+                          ({"suggestion": "best"}, r"suggestion must be one of")]:
+        with pytest.raises(ValueError, match=match):
+            trainer.lr_find(make_state(), sweep_data(), **kwargs)
+
+
+# ----------------------------------------------------------------------------- hand-off
+@pytest.mark.parametrize("make_schedule, field", [
+    (lambda: OneCycle(max_lr=None), "max_lr"),
+    (lambda: CyclicLR(1e-6, max_lr=None, step_size_up=4), "max_lr"),
+    (lambda: CosineRestarts(t_0=5), "base_lr"),
+])
+def test_finder_hands_suggestion_to_schedule_one_compile(make_schedule, field, tmp_path):
+    """[LRFinder(), schedule]: the schedule's peak state equals the suggestion; one compile."""
+    sched, mon = make_schedule(), LearningRateMonitor()
+    finder_cb = LRFinder(num_steps=40)
+    trainer = Trainer(loss_fn, max_epochs=2, callbacks=[finder_cb, sched, mon],
+                      logger=TensorBoardLogger(tmp_path), enable_progress_bar=False)
+    trainer.fit(make_state(), sweep_data())
+    lr = finder_cb.result.suggestion
+    assert float(getattr(trainer.callback_state(sched), field)) == pytest.approx(lr, rel=1e-6)
+    assert max(mon.history["lr"][1]) <= lr * (1 + 1e-6)
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
+    scalars = read_scalars(tmp_path)
+    assert scalars["lr_finder/suggestion"][1][0] == pytest.approx(lr, rel=1e-6)
+    assert (tmp_path / "lr_finder.png").stat().st_size > 10_000
+
+
+def test_finder_rescales_lrschedule_and_warmup_nested(tmp_path):
+    """LRSchedule's peak hook and a OneCycle nested in Warmup both receive the suggestion."""
+    sched = LRSchedule(optax.cosine_decay_schedule(1.0, 32))
+    finder_cb, mon = LRFinder(num_steps=30, plot_path=None), LearningRateMonitor()
+    trainer = Trainer(loss_fn, max_epochs=2, callbacks=[finder_cb, sched, mon],
+                      enable_progress_bar=False)
+    trainer.fit(make_state(), sweep_data())
+    assert mon.history["lr"][1][0] == pytest.approx(finder_cb.result.suggestion, rel=1e-6)
+    inner = OneCycle(None)
+    finder_cb = LRFinder(num_steps=30, plot_path=None)
+    trainer = Trainer(loss_fn, max_epochs=2, enable_progress_bar=False,
+                      callbacks=[finder_cb, Warmup(inner, 3)])
+    trainer.fit(make_state(), sweep_data())
+    assert float(trainer.callback_state(inner).max_lr) == pytest.approx(
+        finder_cb.result.suggestion, rel=1e-6)
+
+
+def test_finder_without_schedule_sets_optimizer_lr():
+    """No schedule: the optimizer's base LR becomes the suggestion (monitor shows it)."""
+    finder_cb, mon = LRFinder(num_steps=30, plot_path=None), LearningRateMonitor()
+    trainer = Trainer(loss_fn, max_epochs=1, callbacks=[finder_cb, mon],
+                      enable_progress_bar=False)
+    trainer.fit(make_state(), sweep_data())
+    np.testing.assert_allclose(mon.history["lr"][1], finder_cb.result.suggestion, rtol=1e-6)
+
+
+def test_finder_state_dict_roundtrip():
+    """The finder's result survives state_dict/load_state_dict (for resume)."""
+    cb = LRFinder(num_steps=30, plot_path=None)
+    Trainer(loss_fn, max_epochs=1, callbacks=[cb, OneCycle(None)],
+            enable_progress_bar=False).fit(make_state(), sweep_data())
+    other = LRFinder(num_steps=30)
+    other.load_state_dict(cb.state_dict())
+    assert other.result.suggestion == cb.result.suggestion
+    np.testing.assert_array_equal(other.result.losses, cb.result.losses)
