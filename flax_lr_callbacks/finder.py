@@ -25,6 +25,7 @@ __all__ = [
     "smooth",
     "stop_index",
     "suggest",
+    "useful_end",
     "valley",
     "slide",
     "minimum",
@@ -81,6 +82,26 @@ def stop_index(losses: np.ndarray, smoothed: np.ndarray, diverge_threshold: floa
             return i
         best = min(best, s)
     return None
+
+
+def useful_end(smoothed: np.ndarray) -> int:
+    """Length of the curve worth analysing: up to where the smoothed loss, after reaching its
+    minimum, climbs back above its starting value.
+
+    A diverged network can settle at a finite, chance-level loss below the stop threshold;
+    without this cut, slope-based suggestions (fastai ``steep``, Lightning's gradient) land in
+    that dead region, on the decay of the smoothed spike.
+    """
+    smoothed = np.asarray(smoothed, np.float64)
+    finite = np.isfinite(smoothed)
+    if not finite.any():
+        return 0
+    n = int(np.argmin(finite)) if not finite.all() else len(smoothed)
+    if n == 0:
+        return 0
+    lowest = int(np.argmin(smoothed[:n]))
+    above = np.nonzero(smoothed[lowest:n] > smoothed[0])[0]
+    return lowest + int(above[0]) if above.size else n
 
 
 def _too_few(name: str, n: int, need: int) -> None:
@@ -185,7 +206,9 @@ SUGGESTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {
 
 
 def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float | None]:
-    """Every suggestion on a (smoothed) loss curve."""
+    """Every suggestion on a (smoothed) loss curve, cut at `useful_end`."""
+    end = useful_end(smoothed)
+    lrs, smoothed = np.asarray(lrs)[:end], np.asarray(smoothed)[:end]
     return {name: fn(lrs, smoothed) for name, fn in SUGGESTIONS.items()}
 
 
@@ -229,7 +252,8 @@ class LRFinderResult:
             warnings.simplefilter("ignore", RuntimeWarning)
             everything = suggest(lrs, smoothed)
         if everything[method] is None:
-            SUGGESTIONS[method](lrs, smoothed)  # re-run to emit its warning once
+            end = useful_end(smoothed)
+            SUGGESTIONS[method](lrs[:end], smoothed[:end])  # re-run to emit its warning once
         return cls(lrs=lrs, losses=losses, smoothed_losses=smoothed, method=method,
                    suggestion=everything[method], suggestions=everything, stopped_at=stop)
 

@@ -81,6 +81,22 @@ def test_suggestions_ignore_nan_tail():
     assert all(v is not None and np.isfinite(v) and v <= LRS[79] for v in got.values())
 
 
+def test_suggestions_ignore_a_dead_network_tail():
+    """Fall, spike, then a flat chance-level loss (finite, below 4x best): slope suggestions
+    stay on the fall, not on the decay of the smoothed spike."""
+    x = np.log10(LRS)
+    raw = np.where(x < -1.5, 2.3 - 1.0 / (1.0 + np.exp(-(x + 3.0) * 4)), 2.3)
+    raw[(x >= -1.5) & (x < -1.3)] = 8.0  # the spike as the network dies
+    smoothed = finder.smooth(raw, 0.9)
+    assert finder.stop_index(raw, smoothed, 4.0) is None  # the stop rule does not fire
+    end = finder.useful_end(smoothed)
+    assert LRS[end] < 10 ** -1.4  # cut right after the spike starts
+    got = finder.suggest(LRS, smoothed)
+    assert got["steep"] < 10 ** -1.5 and got["gradient"] < 10 ** -1.5
+    unguarded = finder.steep(LRS, smoothed)
+    assert unguarded > 10 ** -1.5  # without the cut it lands in the dead region
+
+
 def test_too_few_points_warn_and_return_none():
     """With too few finite points every suggestion warns and returns None."""
     losses = np.array([1.0, 0.9, np.nan] + [1.0] * 10)
