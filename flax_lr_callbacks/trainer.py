@@ -197,7 +197,7 @@ class Trainer:
         """The zeroed record buffer; its layout is found once per input structure (tracing
         the loss for it costs tens of ms, a visible share of a short fit)."""
         leaves, treedef = jax.tree_util.tree_flatten((ts, batch))
-        key = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+        key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
         if key not in self._buffer_layouts:
             self._buffer_layouts[key] = step_lib.empty_buffer(
                 ts, batch, loss=self._loss, callbacks=self.callbacks,
