@@ -10,16 +10,12 @@ for the systems that are not (Keras, timm, MXNet, jax.example_libraries).
 
 from __future__ import annotations
 
-import json
 import math
-import platform
-from pathlib import Path
 
 import numpy as np
+from common import write
 
 from flax_lr_callbacks import CosineRestarts, CyclicLR, OneCycle
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def torch_curve(make_sched, steps, momentum=False, beta1=False):
@@ -128,17 +124,16 @@ def main() -> None:
     rows.append({"schedule": "CosineRestarts t_mult=1.5 peak_decay=0.7 max_cycles=4",
                  "reference": "timm CosineLRScheduler formula, float64", "steps": steps,
                  "max_abs_diff": float(np.max(np.abs(cb.curve(steps)["learning_rate"] - timm)))})
-    RESULTS.mkdir(exist_ok=True)
-    machine = f"{platform.machine()} {platform.processor() or ''} CPU, Python {platform.python_version()}"
-    (RESULTS / "schedule_reference.json").write_text(json.dumps(
-        {"machine": machine, "rows": rows}, indent=2))
-    lines = ["| schedule | reference | steps | max abs diff (LR and momentum) |", "|---|---|---|---|"]
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    lines = ["| schedule | reference | steps | max abs diff (LR and momentum) |",
+             "|---|---|---|---|"]
     lines += [f"| {r['schedule']} | {r['reference']} | {r['steps']} | {r['max_abs_diff']:.2e} |"
               for r in rows]
-    table = "\n".join(lines)
-    (RESULTS / "schedule_reference.md").write_text(f"Machine: {machine}\n\n{table}\n")
-    print(table)
-
+    write("schedule_reference", {"torch": torch_version, "rows": rows}, "\n".join(lines))
 
 if __name__ == "__main__":
     main()
