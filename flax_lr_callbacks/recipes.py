@@ -125,18 +125,25 @@ def mxnet_multifactor(base_lr: float, step: Sequence[int], factor: float = 1.0,
         base_lr, warmup_steps, warmup_begin_lr, warmup_mode, one_based)
 
 
+def _decay_after_warmup(max_update, base_lr, final_lr, warmup_steps, warmup_begin_lr,
+                        warmup_mode, one_based, curve):
+    """base -> final along ``curve(frac)`` (1 -> 0) over updates warmup..max_update."""
+    span = max_update - warmup_steps
+
+    def rule(n):
+        frac = jnp.clip((n - warmup_steps) / span, 0.0, 1.0)
+        return final_lr + (base_lr - final_lr) * curve(frac)
+
+    return _with_warmup(rule, base_lr, warmup_steps, warmup_begin_lr, warmup_mode, one_based)
+
+
 def mxnet_poly(max_update: int, base_lr: float = 0.01, pwr: float = 2.0, final_lr: float = 0.0,
                warmup_steps: int = 0, warmup_begin_lr: float = 0.0,
                warmup_mode: Literal["linear", "constant"] = "linear",
                one_based: bool = True) -> Schedule:
     """`PolyScheduler`: ``final + (base - final) * (1 - (n - warmup) / (max - warmup))**pwr``."""
-    span = max_update - warmup_steps
-
-    def rule(n):
-        frac = jnp.clip((n - warmup_steps) / span, 0.0, 1.0)
-        return final_lr + (base_lr - final_lr) * (1.0 - frac) ** pwr
-
-    return _with_warmup(rule, base_lr, warmup_steps, warmup_begin_lr, warmup_mode, one_based)
+    return _decay_after_warmup(max_update, base_lr, final_lr, warmup_steps, warmup_begin_lr,
+                               warmup_mode, one_based, lambda frac: (1.0 - frac) ** pwr)
 
 
 def mxnet_cosine(max_update: int, base_lr: float = 0.01, final_lr: float = 0.0,
@@ -144,13 +151,9 @@ def mxnet_cosine(max_update: int, base_lr: float = 0.01, final_lr: float = 0.0,
                  warmup_mode: Literal["linear", "constant"] = "linear",
                  one_based: bool = True) -> Schedule:
     """`CosineScheduler`: cosine from base to final over ``max_update - warmup`` updates."""
-    span = max_update - warmup_steps
-
-    def rule(n):
-        frac = jnp.clip((n - warmup_steps) / span, 0.0, 1.0)
-        return final_lr + (base_lr - final_lr) * (1.0 + jnp.cos(jnp.pi * frac)) / 2.0
-
-    return _with_warmup(rule, base_lr, warmup_steps, warmup_begin_lr, warmup_mode, one_based)
+    return _decay_after_warmup(max_update, base_lr, final_lr, warmup_steps, warmup_begin_lr,
+                               warmup_mode, one_based,
+                               lambda frac: (1.0 + jnp.cos(jnp.pi * frac)) / 2.0)
 
 
 # ------------------------------------------------------------- MXNet tutorial's custom schedules

@@ -96,6 +96,21 @@ def configure_momentum(callback: Any, hparams: Hyperparams, enabled: bool) -> di
     return found
 
 
+class MomentumCycling:
+    """Mixin for schedules that also cycle momentum (``cycle_momentum``): picks where to write
+    it at fit start (`momentum` or `b1`, per group) and writes it in the rule."""
+
+    cycle_momentum: bool = False
+    _momentum: dict[str, str] = {}
+
+    def configure(self, hparams: Hyperparams) -> None:
+        self._momentum = configure_momentum(self, hparams, self.cycle_momentum)
+
+    def write_momentum(self, hparams: Hyperparams, value: Any) -> None:
+        for group, name in self._momentum.items():
+            write(hparams, [group], name, value)
+
+
 class PeakFromFinder:
     """Mixin for schedules whose peak LR an `LRFinder` may set (``<peak_arg>=None``).
 

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks import schedules
-from flax_lr_callbacks.callbacks._util import (UNITS, PeakFromFinder, check_choice,
-                                               check_number, clock, configure_momentum, write)
+from flax_lr_callbacks.callbacks._util import (UNITS, MomentumCycling, PeakFromFinder,
+                                               check_choice,
+                                               check_number, clock, write)
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -29,7 +30,7 @@ class CyclicState(NamedTuple):
     max_momentum: jax.Array
 
 
-class CyclicLR(PeakFromFinder, Callback):
+class CyclicLR(MomentumCycling, PeakFromFinder, Callback):
     """Cycles the LR between `base_lr` and `max_lr` (and momentum the opposite way).
 
     Each cycle rises linearly for `step_size_up` steps and falls for `step_size_down`. The
@@ -103,10 +104,6 @@ class CyclicLR(PeakFromFinder, Callback):
         self.unit = unit
         self.groups = None if groups is None else tuple(groups)
         self.sets = ("learning_rate",)
-        self._momentum: dict[str, str] = {}
-
-    def configure(self, hparams: Hyperparams) -> None:
-        self._momentum = configure_momentum(self, hparams, self.cycle_momentum)
 
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> CyclicState:
         peak = self.peak()
@@ -128,8 +125,7 @@ class CyclicLR(PeakFromFinder, Callback):
         lr = state.base_lr + (state.max_lr - state.base_lr) * h
         write(hparams, self.target_groups(hparams, "learning_rate"), "learning_rate", lr)
         momentum = state.max_momentum - (state.max_momentum - state.base_momentum) * h
-        for g, name in self._momentum.items():
-            write(hparams, [g], name, momentum)
+        self.write_momentum(hparams, momentum)
         return hparams, state
 
     def __repr__(self) -> str:

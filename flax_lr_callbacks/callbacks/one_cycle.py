@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks import schedules
-from flax_lr_callbacks.callbacks._util import (UNITS, PeakFromFinder, check_choice,
-                                               check_number, clock, configure_momentum,
+from flax_lr_callbacks.callbacks._util import (UNITS, MomentumCycling, PeakFromFinder,
+                                               check_choice,
+                                               check_number, clock,
                                                horizon, write)
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
@@ -29,7 +30,7 @@ class OneCycleState(NamedTuple):
     max_momentum: jax.Array
 
 
-class OneCycle(PeakFromFinder, Callback):
+class OneCycle(MomentumCycling, PeakFromFinder, Callback):
     """The 1cycle policy: warm up to `max_lr`, then anneal far below the start.
 
     Values equal PyTorch's `OneCycleLR` at every step (see `schedules.one_cycle` for the
@@ -106,10 +107,6 @@ class OneCycle(PeakFromFinder, Callback):
         self.unit = unit
         self.groups = None if groups is None else tuple(groups)
         self.sets = ("learning_rate",)
-        self._momentum: dict[str, str] = {}
-
-    def configure(self, hparams: Hyperparams) -> None:
-        self._momentum = configure_momentum(self, hparams, self.cycle_momentum)
 
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> OneCycleState:
         planned = horizon(plan.total_steps, plan.steps_per_epoch, self.unit)
@@ -135,8 +132,7 @@ class OneCycle(PeakFromFinder, Callback):
             final_div_factor=state.final_div_factor, anneal_strategy=self.anneal_strategy,
             three_phase=self.three_phase, momentum=(state.base_momentum, state.max_momentum))
         write(hparams, self.target_groups(hparams, "learning_rate"), "learning_rate", lr)
-        for g, name in self._momentum.items():
-            write(hparams, [g], name, momentum)
+        self.write_momentum(hparams, momentum)
         return hparams, state
 
     def __repr__(self) -> str:
