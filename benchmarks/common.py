@@ -92,6 +92,19 @@ def machine() -> str:
             f"{cpu} | jax {jax.__version__} | Python {platform.python_version()}")
 
 
+def merge_rows(name: str, rows: list[dict], key: str = "model") -> list[dict]:
+    """`rows` plus the rows of an earlier run on the same machine for other `key` values,
+    so models can be measured in separate invocations (e.g. the slow CNN with fewer steps)."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return rows
+    old = json.loads(path.read_text())
+    if old.get("machine") != machine():
+        return rows
+    mine = {r[key] for r in rows}
+    return [r for r in old.get("rows", []) if r.get(key) not in mine] + rows
+
+
 def write(name: str, payload: dict, table: str) -> None:
     """Writes results/<name>.json and results/<name>.md (table + machine)."""
     RESULTS.mkdir(exist_ok=True)

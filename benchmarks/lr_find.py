@@ -13,7 +13,8 @@ import argparse
 
 import jax
 import optax
-from common import MODELS, bare_step, interleaved, loss_fn_for, summary, synthetic, timed, write
+from common import (MODELS, bare_step, interleaved, loss_fn_for, merge_rows, summary,
+                    synthetic, timed, write)
 from flax.training.train_state import TrainState
 
 from flax_lr_callbacks import Trainer, injectable
@@ -48,7 +49,7 @@ def bench(model_name: str, repeats: int, num_steps: int = 100) -> dict:
     times = interleaved({"plain": lambda: timed(plain), "finder": lambda: timed(finder)},
                         repeats)
     ratio = [f / p for f, p in zip(times["finder"], times["plain"])]
-    return {"model": model_name, "batch_size": batch_size, "steps": num_steps,
+    return {"model": model_name, "batch_size": batch_size, "steps": num_steps, "repeats": repeats,
             "plain_s": summary(times["plain"]), "finder_s": summary(times["finder"]),
             "ratio": summary(ratio)}
 
@@ -58,14 +59,14 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(MODELS))
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    rows = [bench(m, args.repeats) for m in args.models]
+    rows = merge_rows("lr_find", [bench(m, args.repeats) for m in args.models])
     lines = ["| model | batch | 100 plain steps (s, median) | 100-step finder (s, median) | "
              "ratio median [min, max] |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['plain_s']['median']:.3f} | "
                      f"{r['finder_s']['median']:.3f} | {r['ratio']['median']:.3f} "
                      f"[{r['ratio']['min']:.3f}, {r['ratio']['max']:.3f}] |")
-    write("lr_find", {"repeats": args.repeats, "rows": rows}, "\n".join(lines))
+    write("lr_find", {"rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import tempfile
 
 import jax
 import optax
-from common import (MODELS, bare_step, interleaved, loss_fn_for, summary, synthetic, timed,
-                    write)
+from common import (MODELS, bare_step, interleaved, loss_fn_for, merge_rows, summary,
+                    synthetic, timed, write)
 from flax.training.train_state import TrainState
 
 from flax_lr_callbacks import (LearningRateMonitor, OneCycle, ReduceLROnPlateau,
@@ -68,7 +68,7 @@ def bench(model_name: str, steps: int, repeats: int, log_every: int = 50) -> dic
     times = interleaved({"bare": lambda: timed(run_bare), "ours": lambda: timed(run_ours)},
                         repeats)
     ratio = [b / o for o, b in zip(times["ours"], times["bare"])]  # steps/s ours / bare
-    return {"model": model_name, "batch_size": batch_size, "steps": steps,
+    return {"model": model_name, "batch_size": batch_size, "steps": steps, "repeats": repeats,
             "bare_steps_per_s": steps / summary(times["bare"])["median"],
             "ours_steps_per_s": steps / summary(times["ours"])["median"],
             "ratio": summary(ratio), "step_compiles_total": trainer.num_step_compiles,
@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    rows = [bench(m, args.steps, args.repeats) for m in args.models]
+    rows = merge_rows("overhead", [bench(m, args.steps, args.repeats) for m in args.models])
     lines = ["| model | batch | bare steps/s | ours steps/s | ratio median [min, max] | "
              "train-step compiles (all fits) | host fetches per fit |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -89,7 +89,7 @@ def main() -> None:
                      f"{r['ours_steps_per_s']:.1f} | {r['ratio']['median']:.3f} "
                      f"[{r['ratio']['min']:.3f}, {r['ratio']['max']:.3f}] | "
                      f"{r['step_compiles_total']} | {r['host_fetches_per_fit']} |")
-    write("overhead", {"repeats": args.repeats, "rows": rows}, "\n".join(lines))
+    write("overhead", {"rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ class Trainer:
         self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
         self._window_start = 0
         self._buffer_layouts: dict[Any, dict[str, jax.Array]] = {}
+        self._hook_users: dict[str, list[Callback]] = {}
         self._train_step = jax.jit(self._step, donate_argnums=0)
         self._eval_step = jax.jit(self._eval_batch)
 
@@ -248,7 +249,8 @@ class Trainer:
 
     def _call(self, hook: str, *args: Any) -> None:
         state = self.trainer_state.train_state if self.trainer_state is not None else None
-        for cb in self.callbacks:
+        # Only callbacks that override the hook: the per-step hook runs thousands of times.
+        for cb in self._hook_users.get(hook, self.callbacks):
             getattr(cb, hook)(self, state, *args)
 
     def fit(self, state: Any, train_data: Any, val_data: Any = None) -> Any:
@@ -270,6 +272,10 @@ class Trainer:
         self.callback_metrics = {}
         self.should_stop = False
         self.train_data, self.val_data = train_data, val_data
+        self._hook_users = {
+            hook: [c for c in self.callbacks
+                   if getattr(type(c), hook) is not getattr(Callback, hook)]
+            for hook in ("on_train_batch_end", "on_log")}
         self.trainer_state = self.init_trainer_state(
             state, spe, total, self._first_batch(train_data)
         )

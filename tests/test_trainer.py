@@ -157,14 +157,19 @@ def test_lrschedule_bad_arguments():
         LRSchedule(0.1)
 
 
+HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_log",
+         "on_validation_end", "on_train_epoch_end", "on_fit_end")
+
+
 class Recorder(Callback):
     def __init__(self):
         self.calls = []
 
-    def __getattribute__(self, name):
-        if name.startswith("on_"):
-            self.calls.append(name)
-        return object.__getattribute__(self, name)
+
+for _hook in HOOKS:
+    def _record(self, trainer, state, *args, _name=_hook):
+        self.calls.append(_name)
+    setattr(Recorder, _hook, _record)
 
 
 def test_hook_order(data, state):
