@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext, apply_rules
+from flax_lr_callbacks.callbacks.base import (Callback, RunPlan, StepContext, apply_rules,
+                                              check_setters)
 
 __all__ = ["preview", "planned_values"]
 
@@ -40,6 +41,7 @@ def planned_values(callbacks: Sequence[Callback], total_steps: int, steps_per_ep
     plan = RunPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     for cb in callbacks:
         cb.configure(base)
+    check_setters(callbacks, base)
     states = tuple(jax.tree_util.tree_map(jnp.asarray, cb.init_state(plan, base))
                    for cb in callbacks)
 

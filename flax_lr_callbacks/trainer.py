@@ -27,7 +27,7 @@ import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
-from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.callbacks.base import Callback, check_setters
 from flax_lr_callbacks.finder import LRFinderResult
 from flax_lr_callbacks.step import TrainerState
 
@@ -147,20 +147,11 @@ class Trainer:
         return n
 
     def _check_callbacks(self, opt_state: Any, hparams: hp_lib.Hyperparams) -> None:
-        owners: dict[tuple[str, str], Callback] = {}
         for cb in self.callbacks:
             names = tuple(cb.sets) + tuple(cb.scales)
-            if not names:
-                continue
-            hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
-            for name in cb.sets:
-                for g in cb.target_groups(hparams, name):
-                    other = owners.setdefault((g, name), cb)
-                    if other is not cb:
-                        raise ValueError(
-                            f"{other!r} and {cb!r} both set {name!r} (group {g!r}); keep one,"
-                            " or combine them with Sequential / Warmup"
-                        )
+            if names:
+                hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
+        check_setters(self.callbacks, hparams)
 
     def init_trainer_state(self, state: Any, steps_per_epoch: int, total_steps: int,
                            first_batch: Any) -> TrainerState:

@@ -291,3 +291,10 @@ def test_set_peak_reaches_nested_child(data, state):
         "learning_rate"][:4].max(), rel=1e-5)
     assert lr[6:].max() <= 0.05 + 1e-7
     assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
+
+
+def test_preview_refuses_two_setters_like_fit():
+    """preview raises the same conflict error as Trainer.fit for two LR setters."""
+    with pytest.raises(ValueError, match=r"both set 'learning_rate'"):
+        preview([LRSchedule(optax.constant_schedule(0.1)), OneCycle(0.1)], steps_per_epoch=5,
+                max_epochs=2)

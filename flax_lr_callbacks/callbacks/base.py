@@ -27,8 +27,8 @@ import jax
 
 from flax_lr_callbacks.hyperparams import Hyperparams
 
-__all__ = ["Callback", "RunPlan", "StepContext", "apply_rules", "hparam_key",
-           "parse_hparam_key"]
+__all__ = ["Callback", "RunPlan", "StepContext", "apply_rules", "check_setters",
+           "hparam_key", "parse_hparam_key"]
 
 
 def hparam_key(group: str, name: str) -> str:
@@ -167,6 +167,20 @@ def rule_order(callbacks: Sequence[Callback]) -> list[int]:
     modifiers = [i for i in with_rule if callbacks[i].scales and i not in setters]
     others = [i for i in with_rule if i not in setters and i not in modifiers]
     return others + setters + modifiers
+
+
+def check_setters(callbacks: Sequence[Callback], hparams: Hyperparams) -> None:
+    """Raises ValueError when two callbacks set the same hyperparameter in the same group."""
+    owners: dict[tuple[str, str], Callback] = {}
+    for cb in callbacks:
+        for name in cb.sets:
+            for g in cb.target_groups(hparams, name):
+                other = owners.setdefault((g, name), cb)
+                if other is not cb:
+                    raise ValueError(
+                        f"{other!r} and {cb!r} both set {name!r} (group {g!r}); keep one, "
+                        "or combine them with Sequential / Warmup"
+                    )
 
 
 def apply_rules(callbacks: Sequence[Callback], ctx: StepContext, hparams: Hyperparams,
