@@ -205,11 +205,21 @@ SUGGESTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {
 }
 
 
-def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float | None]:
-    """Every suggestion on a (smoothed) loss curve, cut at `useful_end`."""
+def suggest(lrs: np.ndarray, smoothed: np.ndarray,
+            quiet: bool = False, warn_for: str | None = None) -> dict[str, float | None]:
+    """Every suggestion on a (smoothed) loss curve, cut at `useful_end`.
+
+    With `quiet`, "too few points" warnings are silenced except for the method `warn_for`.
+    """
     end = useful_end(smoothed)
     lrs, smoothed = np.asarray(lrs)[:end], np.asarray(smoothed)[:end]
-    return {name: fn(lrs, smoothed) for name, fn in SUGGESTIONS.items()}
+    out = {}
+    for name, fn in SUGGESTIONS.items():
+        with warnings.catch_warnings():
+            if quiet and name != warn_for:
+                warnings.simplefilter("ignore", RuntimeWarning)
+            out[name] = fn(lrs, smoothed)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,12 +258,7 @@ class LRFinderResult:
         if stop is not None:
             keep = stop if not np.isfinite(losses[stop]) else stop + 1
             lrs, losses, smoothed = lrs[:keep], losses[:keep], smoothed[:keep]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            everything = suggest(lrs, smoothed)
-        if everything[method] is None:
-            end = useful_end(smoothed)
-            SUGGESTIONS[method](lrs[:end], smoothed[:end])  # re-run to emit its warning once
+        everything = suggest(lrs, smoothed, quiet=True, warn_for=method)
         return cls(lrs=lrs, losses=losses, smoothed_losses=smoothed, method=method,
                    suggestion=everything[method], suggestions=everything, stopped_at=stop)
 

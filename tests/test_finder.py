@@ -236,3 +236,14 @@ def test_finder_state_dict_roundtrip():
     other.load_state_dict(cb.state_dict())
     assert other.result.suggestion == cb.result.suggestion
     np.testing.assert_array_equal(other.result.losses, cb.result.losses)
+
+
+def test_result_warns_only_for_the_chosen_method():
+    """With too few points, from_losses warns once, naming the chosen method only."""
+    lrs = np.geomspace(1e-3, 1.0, 4)
+    with pytest.warns(RuntimeWarning) as record:
+        r = finder.LRFinderResult.from_losses(lrs, np.array([1.0, 0.9, 0.8, 0.7]),
+                                              method="steep")
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 1 and "steep suggestion" in messages[0]
+    assert r.suggestion is None
