@@ -23,8 +23,8 @@ import optax
 from flax.training.train_state import TrainState
 
 from flax_lr_callbacks import (ArrayDataset, LearningRateMonitor, LRFinder, LRSchedule,
-                               OneCycle, TensorBoardLogger, Trainer, injectable,
-                               load_fashion_mnist)
+                               ModelCheckpoint, OneCycle, TensorBoardLogger, Trainer,
+                               injectable, load_fashion_mnist)
 from flax_lr_callbacks.finder import SUGGESTIONS
 from flax_lr_callbacks.data import as_batches
 
@@ -77,6 +77,8 @@ def plot_lr(monitor: LearningRateMonitor, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "lr" not in monitor.history:
+        return  # a resumed run that had nothing left to train
     fig, ax = plt.subplots(figsize=(6, 3.2))
     steps, values = monitor.history["lr"]
     ax.plot(steps, values)
@@ -98,6 +100,10 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--logdir", default="runs/fashion_mnist")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-dir", default=None,
+                   help="save a checkpoint every epoch (and every 100 steps) into this folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --ckpt-dir (after a crash or Ctrl-C)")
     p.add_argument("--lr-find", action="store_true",
                    help="run the LR range test first and use its suggestion as OneCycle's peak")
     p.add_argument("--suggestion", choices=list(SUGGESTIONS), default="valley",
@@ -119,6 +125,9 @@ def main(argv=None) -> dict:
     name = f"lr_find_{args.suggestion}_onecycle" if args.lr_find else args.schedule
     run_dir = Path(args.logdir) / name
     monitor = LearningRateMonitor()
+    if args.resume and not args.ckpt_dir:
+        p.error("--resume needs --ckpt-dir")
+    checkpoints = [ModelCheckpoint(args.ckpt_dir, every_n_steps=100)] if args.ckpt_dir else []
     if args.lr_find:
         finder = LRFinder(suggestion=args.suggestion)
         schedule_callbacks = [finder, OneCycle(max_lr=None)]
@@ -126,11 +135,11 @@ def main(argv=None) -> dict:
         schedule_callbacks = [LRSchedule(make_schedule(args.schedule, args.lr, steps))]
     trainer = Trainer(
         make_loss_fn(model), max_epochs=args.epochs, max_steps=steps, log_every_n_steps=20,
-        callbacks=[*schedule_callbacks, monitor],
+        callbacks=[*schedule_callbacks, monitor, *checkpoints],
         logger=TensorBoardLogger(run_dir), seed=args.seed,
     )
     start = time.perf_counter()
-    state = trainer.fit(state, train, test)
+    state = trainer.fit(state, train, test, resume_from="latest" if args.resume else None)
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
     result = {
@@ -139,7 +148,7 @@ def main(argv=None) -> dict:
         "test_accuracy": trainer.callback_metrics["val_acc"],
         "test_loss": trainer.callback_metrics["val_loss"],
         "seconds": seconds,
-        "steps_per_second": trainer.global_step / seconds,
+        "steps_per_second": (trainer.global_step - trainer.start_step) / seconds,
         "step_compiles": trainer.num_step_traces,
     }
     png = run_dir / "lr_curve.png"

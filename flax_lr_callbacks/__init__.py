@@ -2,6 +2,8 @@
 
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.callbacks.base import RunPlan
+from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
+from flax_lr_callbacks.checkpointing import CheckpointError
 from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
@@ -31,12 +33,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayDataset",
     "Callback",
+    "CheckpointError",
     "CosineRestarts",
     "CyclicLR",
     "LRFinder",
     "LRFinderResult",
     "LRSchedule",
     "LearningRateMonitor",
+    "ModelCheckpoint",
     "OneCycle",
     "ProgressBar",
     "ReduceLROnPlateau",

@@ -11,13 +11,16 @@ How the three invariants are kept:
    the buffer in one transfer at log points (every ``log_every_n_steps`` steps and at the end
    of each epoch) and never in between.
 3. *Resume.* All of that state is one pytree (`TrainerState`), so a checkpoint of it plus the
-   host counters is complete.
+   host counters, the callbacks' `state_dict`s and the data position is complete
+   (`ModelCheckpoint`, ``fit(..., resume_from=...)``; see `checkpointing`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -93,8 +96,13 @@ class Trainer:
                 raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
         from flax_lr_callbacks.callbacks.progress import ProgressBar
 
+        from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
+
         if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(ProgressBar())
+        # Checkpoints run last (as in Lightning), so they hold every other hook's decisions.
+        callbacks = ([c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+                     + [c for c in callbacks if isinstance(c, ModelCheckpoint)])
         self.loss_fn = loss_fn
         self.max_epochs = max_epochs
         self.max_steps = max_steps
@@ -108,6 +116,10 @@ class Trainer:
         # Host counters and results, readable by callbacks.
         self.global_step = 0
         self.current_epoch = 0
+        self.batch_in_epoch = 0  # batches of the current epoch done (the data position)
+        self.resuming = False  # True during a fit that continues from a checkpoint
+        self.resumed_from: str | None = None  # that checkpoint's step directory
+        self.start_step = 0  # global_step when this fit started (> 0 when resuming)
         self.steps_per_epoch = 0
         self.total_steps = 0
         self.max_epochs_planned = 0
@@ -120,6 +132,7 @@ class Trainer:
         self._window_start = 0
         self._buffer_layouts: dict[Any, dict[str, jax.Array]] = {}
         self._hook_users: dict[str, list[Callback]] = {}
+        self._data_iter: Any = None  # the running epoch's iterator, when data is not indexable
         self._train_step = jax.jit(self._step, donate_argnums=0)
         self._eval_step = jax.jit(self._eval_batch)
 
@@ -226,12 +239,25 @@ class Trainer:
                                                               group)
 
     # ------------------------------------------------------------------ the loop
-    def _epoch_batches(self, data: Any, epoch: int) -> Iterable[Any]:
+    def _epoch_batches(self, data: Any, epoch: int, start: int = 0,
+                       iterator_state: Any = None) -> Iterable[Any]:
+        """The batches of `epoch` from batch `start` on.
+
+        Random-access data (Grain `MapDataset`, `ArrayDataset`) jumps straight to `start`.
+        An iterator with Grain's ``get_state``/``set_state`` is restored from
+        `iterator_state`; any other iterable is re-read and its first `start` batches skipped.
+        """
         if hasattr(data, "for_epoch"):
             data = data.for_epoch(epoch)
         if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-            return (data[i] for i in range(len(data)))
-        return iter(data)
+            self._data_iter = None
+            return (data[i] for i in range(start, len(data)))
+        it = iter(data)
+        self._data_iter = it
+        if start and iterator_state is not None and hasattr(it, "set_state"):
+            it.set_state(iterator_state)
+            return it
+        return itertools.islice(it, start, None)
 
     def _first_batch(self, data: Any) -> Any:
         for batch in self._epoch_batches(data, 0):
@@ -244,7 +270,8 @@ class Trainer:
         for cb in self._hook_users.get(hook, self.callbacks):
             getattr(cb, hook)(self, state, *args)
 
-    def fit(self, state: Any, train_data: Any, val_data: Any = None) -> Any:
+    def fit(self, state: Any, train_data: Any, val_data: Any = None, *,
+            resume_from: str | os.PathLike | None = None) -> Any:
         """Trains `state` and returns the trained state. The caller's `state` is not modified.
 
         Args:
@@ -253,13 +280,21 @@ class Trainer:
           train_data: a Grain `MapDataset`/`IterDataset` of batches, an `ArrayDataset`, or any
             re-iterable of batch pytrees.
           val_data: optional, same kinds; validated at each epoch end.
+          resume_from: continue a run from a checkpoint written by `ModelCheckpoint`:
+            ``"latest"`` (the newest in the ModelCheckpoint's directory), a checkpoint
+            directory, or one step directory in it. Params, optimizer and callback state, PRNG
+            key, counters and the data position are restored, and training continues at the
+            next batch; `state` then only supplies the structure (model, optimizer). The
+            Trainer must be configured as before (same epochs, data length, callbacks); a
+            mismatch raises `CheckpointError` naming it.
         """
         spe = self._resolve_steps_per_epoch(train_data)
         epochs = self.max_epochs if self.max_epochs is not None else math.ceil(
             self.max_steps / spe)
         total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
         self.steps_per_epoch, self.total_steps, self.max_epochs_planned = spe, total, epochs
-        self.global_step = self.current_epoch = self._window_start = 0
+        self.global_step = self.current_epoch = self.batch_in_epoch = self._window_start = 0
+        self.start_step = 0
         self.callback_metrics = {}
         self.should_stop = False
         self.train_data, self.val_data = train_data, val_data
@@ -267,24 +302,49 @@ class Trainer:
             hook: [c for c in self.callbacks
                    if getattr(type(c), hook) is not getattr(Callback, hook)]
             for hook in ("on_train_batch_end", "on_log")}
-        self.trainer_state = self.init_trainer_state(
-            state, spe, total, self._first_batch(train_data)
-        )
-        self._call("on_fit_start")
+        first_batch = self._first_batch(train_data)
+        start_epoch, start_batch, iterator_state = 0, 0, None
+        self.resuming, self.resumed_from = resume_from is not None, None
+        if resume_from is None:
+            self.trainer_state = self.init_trainer_state(state, spe, total, first_batch)
+        else:
+            from flax_lr_callbacks import checkpointing
+
+            meta = checkpointing.restore(
+                self, lambda: self.init_trainer_state(state, spe, total, first_batch),
+                resume_from)
+            self.resumed_from = meta["path"]
+            self.global_step, self._window_start = meta["global_step"], meta["window_start"]
+            self.callback_metrics = dict(meta["callback_metrics"])
+            self.should_stop = meta["should_stop"]
+            start_epoch, start_batch = meta["epoch"], meta["batch_in_epoch"]
+            if meta["epoch_finished"]:
+                start_epoch, start_batch = start_epoch + 1, 0
+            iterator_state = meta["data_iterator"]
+            self.start_step = self.global_step
+            log.info("resuming from %s at epoch %d, batch %d (step %d)", self.resumed_from,
+                     start_epoch, start_batch, self.global_step)
         try:
-            for epoch in range(epochs):
+            self._call("on_fit_start")
+            for epoch in range(start_epoch, epochs):
+                if self.global_step >= total or self.should_stop:
+                    break
                 self.current_epoch = epoch
+                start = start_batch if epoch == start_epoch else 0
+                self.batch_in_epoch = start
                 self._call("on_train_epoch_start")
-                for i, batch in enumerate(self._epoch_batches(train_data, epoch)):
-                    if i >= spe:
+                batches = self._epoch_batches(train_data, epoch, start,
+                                              iterator_state if start else None)
+                for batch in batches:
+                    if (self.batch_in_epoch >= spe or self.global_step >= total
+                            or self.should_stop):
                         break
                     self.trainer_state = self._train_step(self.trainer_state, batch)
                     self.global_step += 1
-                    self._call("on_train_batch_end")
+                    self.batch_in_epoch += 1
                     if self.global_step % self.log_every_n_steps == 0:
                         self._log_point()
-                    if self.global_step >= total or self.should_stop:
-                        break
+                    self._call("on_train_batch_end")
                 self._log_point()
                 if val_data is not None:
                     self.callback_metrics.update(self.validate(
@@ -302,6 +362,8 @@ class Trainer:
                 self.logger.log_hyperparams(self._run_config(), {
                     f"hparam/{k}": v for k, v in self.callback_metrics.items()})
         finally:
+            for cb in self.callbacks:
+                cb.teardown(self, self.trainer_state.train_state)
             if self.logger is not None:
                 self.logger.finalize()
         return self.trainer_state.train_state

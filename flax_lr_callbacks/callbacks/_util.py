@@ -137,6 +137,12 @@ class PeakFromFinder:
         if trainer is not None and getattr(trainer, "trainer_state", None) is not None:
             trainer.update_callback_state(self, **{self.peak_arg: value})
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"peak_from_finder": self._peak_from_finder}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._peak_from_finder = state_dict.get("peak_from_finder")
+
     def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
         if trainer.current_epoch == 0 and self.peak_required and self.peak() is None:
             raise ValueError(

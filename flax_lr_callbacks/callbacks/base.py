@@ -125,7 +125,11 @@ class Callback:
 
     # ---- host face ------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, state: Any) -> None:
-        """Called once before the first step (after `init_state`)."""
+        """Called once before the first step (after `init_state`).
+
+        When ``trainer.resuming``, `load_state_dict` has already restored this callback's host
+        state and its device state is the checkpoint's: keep both, do not re-initialize.
+        """
 
     def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
         """Called before the first batch of each epoch."""
@@ -149,8 +153,12 @@ class Callback:
     def on_fit_end(self, trainer: Any, state: Any) -> None:
         """Called once after the last step."""
 
+    def teardown(self, trainer: Any, state: Any) -> None:
+        """Called when a fit ends, also when it raised (release files, wait for writes)."""
+
     def state_dict(self) -> dict[str, Any]:
-        """Host state to checkpoint (device state is saved by the Trainer)."""
+        """Host state to checkpoint, JSON-serializable (device state is saved by the
+        Trainer). Overriding it makes the callback part of the checkpoint's callback list."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -70,6 +70,8 @@ class LRFinder(Callback):
         return next((c for c in after if hasattr(c, "set_peak")), None)
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:
+        if getattr(trainer, "resuming", False) and self.result is not None:
+            return  # the result and the peak it set were restored from the checkpoint
         self.result = trainer.lr_find(state, trainer.train_data, **self.kwargs)
         lr = self.result.suggestion
         self._report(trainer)

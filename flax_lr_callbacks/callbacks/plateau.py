@@ -174,6 +174,9 @@ class ReduceLROnPlateau(Callback):
 
     # ------------------------------------------------------------------ host hooks
     def on_fit_start(self, trainer: Any, state: Any) -> None:
+        if getattr(trainer, "resuming", False):  # state_dict and device scale came from the checkpoint
+            self._warned = False
+            return
         self.state, self.reductions, self._warned = self.init(), [], False
         self._last_lr = None
         self._next_check = self.check_on if isinstance(self.check_on, int) else 0

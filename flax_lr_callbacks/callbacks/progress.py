@@ -27,8 +27,8 @@ class ProgressBar(Callback):
         self._postfix: dict[str, str] = {}
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:
-        self._bar = tqdm(total=trainer.total_steps, leave=self.leave, unit="step",
-                         dynamic_ncols=True)
+        self._bar = tqdm(total=trainer.total_steps, initial=trainer.global_step,
+                         leave=self.leave, unit="step", dynamic_ncols=True)
 
     def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
         self._bar.set_description(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs_planned}")
@@ -48,7 +48,7 @@ class ProgressBar(Callback):
                               if k.startswith("val_")})
         self._bar.set_postfix(self._postfix)
 
-    def on_fit_end(self, trainer: Any, state: Any) -> None:
+    def teardown(self, trainer: Any, state: Any) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -87,6 +87,12 @@ class LRSchedule(Callback):
             plan = RunPlan(trainer.steps_per_epoch, trainer.total_steps)
             trainer.update_callback_state(self, scale=value / self._planned_max(plan))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"peak_target": self._peak_target}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._peak_target = state_dict.get("peak_target")
+
     def rule(self, ctx: StepContext, hparams: Hyperparams, state: PeakScale):
         value = self.schedule(clock(ctx, self.unit)) * state.scale
         return write(hparams, self.target_groups(hparams, self.hyperparam), self.hyperparam,

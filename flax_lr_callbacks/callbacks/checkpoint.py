@@ -1,0 +1,184 @@
+"""ModelCheckpoint: periodic orbax checkpoints that a fit can resume from exactly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from flax_lr_callbacks import checkpointing
+from flax_lr_callbacks.callbacks._util import check_choice
+from flax_lr_callbacks.callbacks.base import Callback
+
+__all__ = ["ModelCheckpoint"]
+
+log = logging.getLogger("flax_lr_callbacks")
+
+
+def _check_every(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or value < 1):
+        raise ValueError(f"{name} must be None or an int >= 1, got {name}={value!r}")
+
+
+class ModelCheckpoint(Callback):
+    """Saves everything a fit needs to continue, so ``fit(..., resume_from=...)`` reproduces
+    the uninterrupted run (bitwise on CPU).
+
+    A checkpoint is ``<directory>/<global_step>/`` and holds the train state (params,
+    optimizer state with the injected hyperparameters), every callback's device state and host
+    `state_dict` (schedule position and peak, plateau best/wait/cooldown/scale, the LR finder's
+    result), the PRNG key, the data position and the step/epoch counters. Writes are atomic
+    (orbax renames a finished temporary directory), and with ``async_save`` only the copy to
+    host memory blocks the loop.
+
+    Saves happen after all other callbacks' hooks for that step or epoch, whatever this
+    callback's place in the list. A save due on the last batch of an epoch is made at the end
+    of that epoch (after validation), so the checkpoint also holds the epoch-end decisions. The
+    final epoch is always saved when ``save_last``.
+
+    Args:
+      directory: where step directories go. A fit that does not resume refuses a directory
+        that already holds checkpoints (nothing is overwritten).
+      every_n_steps: save every this many steps (None: not step-based).
+      every_n_epochs: save at the end of every this many epochs (None: not epoch-based).
+        Default 1.
+      keep: how many most recent checkpoints to keep (>= 1), or None for all. With `monitor`,
+        the best one is kept as well. Default 3.
+      monitor: metric in `trainer.callback_metrics` (e.g. ``"val_loss"``) to track the best
+        checkpoint by; None tracks nothing.
+      mode: ``"min"`` or ``"max"``: which direction of `monitor` is better.
+      save_last: save at the end of the fit even when no interval falls there. Default True.
+      async_save: write in a background thread (default True); the loop waits for a pending
+        write before the next one and at the end of the fit, also when it fails.
+
+    Attributes:
+      best_step, best_score: the best checkpoint's step and metric (when monitoring).
+      saved_steps: steps saved by this callback in the current fit.
+
+    Differences: Lightning's `ModelCheckpoint` writes one file per checkpoint and restores
+    callbacks by state key; Keras' `ModelCheckpoint` saves weights/models only and no callback
+    state. Here one checkpoint restores the whole fit, including the data position.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, every_n_steps: int | None = None,
+                 every_n_epochs: int | None = 1, keep: int | None = 3,
+                 monitor: str | None = None, mode: Literal["min", "max"] = "min",
+                 save_last: bool = True, async_save: bool = True):
+        _check_every("every_n_steps", every_n_steps)
+        _check_every("every_n_epochs", every_n_epochs)
+        _check_every("keep", keep)
+        check_choice("mode", mode, ("min", "max"))
+        self.directory = Path(directory)
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.keep = keep
+        self.monitor = monitor
+        self.mode = mode
+        self.save_last = save_last
+        self.async_save = async_save
+        self.best_step: int | None = None
+        self.best_score: float | None = None
+        self.saved_steps: list[int] = []
+        self._manager = None
+        self._pending = False
+        self._warned = False
+
+    @property
+    def best_path(self) -> Path | None:
+        """Directory of the best checkpoint (None until one is saved with `monitor`)."""
+        return None if self.best_step is None else self.directory / str(self.best_step)
+
+    def on_fit_start(self, trainer: Any, state: Any) -> None:
+        self.saved_steps, self._pending = [], False
+        if not getattr(trainer, "resuming", False):
+            self.best_step = self.best_score = None
+        existing = sorted(int(p.name) for p in self.directory.iterdir()
+                          if p.name.isdigit()) if self.directory.is_dir() else []
+        resumed = Path(trainer.resumed_from) if getattr(trainer, "resumed_from", None) else None
+        if existing and (resumed is None or resumed.parent != self.directory.absolute()):
+            raise checkpointing.CheckpointError(
+                f"ModelCheckpoint directory {str(self.directory)!r} already holds checkpoints "
+                f"{existing}; pass fit(..., resume_from='latest') to continue that run, or "
+                "choose another directory (nothing was overwritten)")
+        later = [s for s in existing if resumed is not None and s > int(resumed.name)]
+        if later:
+            raise checkpointing.CheckpointError(
+                f"resuming from step {resumed.name}, but {str(self.directory)!r} also holds "
+                f"later checkpoints {later} of the run that followed it; resume from the latest,"
+                " or move those away first (nothing was overwritten)")
+        self._manager = checkpointing.open_manager(self.directory, async_save=self.async_save)
+
+    def on_train_batch_end(self, trainer: Any, state: Any) -> None:
+        n = self.every_n_steps
+        if n is None or trainer.global_step % n:
+            return
+        if (trainer.batch_in_epoch >= trainer.steps_per_epoch or trainer.should_stop
+                or trainer.global_step >= trainer.total_steps):
+            self._pending = True  # the epoch end follows at once: save there, complete
+        else:
+            self._save(trainer, epoch_finished=False)
+
+    def on_train_epoch_end(self, trainer: Any, state: Any) -> None:
+        n = self.every_n_epochs
+        last = (trainer.global_step >= trainer.total_steps or trainer.should_stop
+                or trainer.current_epoch + 1 >= trainer.max_epochs_planned)
+        if self._pending or (n is not None and (trainer.current_epoch + 1) % n == 0) or (
+                self.save_last and last):
+            self._save(trainer, epoch_finished=True)
+        self._pending = False
+
+    def _score(self, trainer: Any) -> float | None:
+        if self.monitor is None:
+            return None
+        if self.monitor not in trainer.callback_metrics:
+            if not self._warned:
+                warnings.warn(
+                    f"ModelCheckpoint monitors {self.monitor!r}, which is not available; "
+                    f"available metrics: {sorted(trainer.callback_metrics)}", RuntimeWarning,
+                    stacklevel=3)
+                self._warned = True
+            return None
+        return float(trainer.callback_metrics[self.monitor])
+
+    def _save(self, trainer: Any, *, epoch_finished: bool) -> None:
+        if trainer.global_step in self.saved_steps:
+            return
+        score = self._score(trainer)
+        if score is not None and (self.best_score is None or (
+                score < self.best_score if self.mode == "min" else score > self.best_score)):
+            self.best_step, self.best_score = trainer.global_step, score
+        # The best-so-far goes into the checkpoint being written, so update it first.
+        step = checkpointing.write(self._manager, trainer, epoch_finished=epoch_finished)
+        self.saved_steps.append(step)
+        log.info("ModelCheckpoint: saved step %d to %s", step, self.directory)
+        self._prune()
+
+    def _prune(self) -> None:
+        if self.keep is None:
+            return
+        steps = sorted(self._manager.all_steps())
+        keep = set(steps[-self.keep:])
+        if self.best_step is not None:
+            keep.add(self.best_step)
+        for step in steps:
+            if step not in keep:
+                self._manager.delete(step)
+
+    def teardown(self, trainer: Any, state: Any) -> None:
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+            self._manager.close()
+            self._manager = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_step": self.best_step, "best_score": self.best_score}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_step = state_dict["best_step"]
+        self.best_score = state_dict["best_score"]
+
+    def __repr__(self) -> str:
+        return f"ModelCheckpoint({str(self.directory)!r})"
