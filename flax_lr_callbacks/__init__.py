@@ -17,6 +17,8 @@ from flax_lr_callbacks.callbacks.restarts import CosineRestarts
 from flax_lr_callbacks.callbacks.schedule import LRSchedule
 from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
 from flax_lr_callbacks.data.grain import ArrayDataset
+from flax_lr_callbacks.dropin import LRCallbacks
+from flax_lr_callbacks.dropin import LRState
 from flax_lr_callbacks.finder import LRFinderResult
 from flax_lr_callbacks.hyperparams import get_hyperparam
 from flax_lr_callbacks.hyperparams import get_hyperparams
@@ -38,7 +40,9 @@ __all__ = [
     "CyclicLR",
     "LRFinder",
     "LRFinderResult",
+    "LRCallbacks",
     "LRSchedule",
+    "LRState",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "OneCycle",

@@ -13,6 +13,9 @@ callback, the Trainer and the drop-in API go through it, so the traps below are 
   *group*: the `multi_transform` label (or the path of dict keys) leading to it, or
   ``"default"`` when there is a single unlabelled one. `MultiSteps`, `chain`, `masked` and
   nested combinations are found the same way.
+* NNX: `nnx.Optimizer.opt_state` keeps optax's structure with each array wrapped in a
+  variable. Reads unwrap them; writes assign in place (``variable[...] = value``), which is what
+  `nnx.jit` (or ``nnx.split`` + `jax.jit` + ``nnx.merge``) tracks.
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ _INJECT_TYPES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsSt
 # Names users schedule; passing a callable for one of these to `injectable` is almost always
 # a mistake (our callbacks could no longer write it), so it is refused with a hint.
 _SCHEDULABLE = ("learning_rate", "momentum", "b1", "b2", "weight_decay", "eps")
+
+
+def _is_variable(x: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(x, nnx.Variable)
+
+
+def _unwrap(x: Any) -> Any:
+    return x[...] if _is_variable(x) else x
 
 
 def _is_inject(node: Any) -> bool:
@@ -108,7 +121,8 @@ def scheduled_names(node: Any) -> frozenset[str]:
 
 def get_hyperparams(opt_state: Any) -> Hyperparams:
     """Returns ``{group: {name: value}}`` of every injected hyperparameter. Jit-safe."""
-    return {g: dict(node.hyperparams) for g, node in find_groups(opt_state).items()}
+    return {g: {n: _unwrap(v) for n, v in node.hyperparams.items()}
+            for g, node in find_groups(opt_state).items()}
 
 
 def get_hyperparam(opt_state: Any, name: str, group: str | None = None) -> jax.Array:
@@ -123,7 +137,7 @@ def get_hyperparam(opt_state: Any, name: str, group: str | None = None) -> jax.A
         raise TypeError(f"unknown group {group!r}; groups are {sorted(groups)}")
     if name not in groups[group].hyperparams:
         _raise_unknown_or_ambiguous(name, groups, [])
-    return groups[group].hyperparams[name]
+    return _unwrap(groups[group].hyperparams[name])
 
 
 def _raise_unknown_or_ambiguous(name: str, groups: Mapping[str, Any], having: list[str]):
@@ -143,14 +157,15 @@ def _raise_unknown_or_ambiguous(name: str, groups: Mapping[str, Any], having: li
 
 def _cast_like(value: Any, like: jax.Array) -> jax.Array:
     # Same dtype as the stored value, so writes never change a jitted step's signature.
-    return jnp.asarray(value, dtype=jnp.result_type(like))
+    return jnp.asarray(value, dtype=jnp.result_type(_unwrap(like)))
 
 
 def set_hyperparams(opt_state: Any, values: Mapping[str, Mapping[str, Any]]) -> Any:
     """Returns `opt_state` with ``values[group][name]`` written. Jit-safe; dtype preserved.
 
     Only the listed groups/names change. Values for scheduled or unknown names raise, because
-    optax would otherwise drop them silently.
+    optax would otherwise drop them silently. An NNX optimizer's state (variables) is written
+    in place, and the same object is returned.
     """
     groups = find_groups(opt_state)
     for group, names in values.items():
@@ -158,6 +173,12 @@ def set_hyperparams(opt_state: Any, values: Mapping[str, Mapping[str, Any]]) -> 
             raise TypeError(f"unknown group {group!r}; groups are {sorted(groups)}")
         check_targets(opt_state, names, owner="set_hyperparams", groups=[group])
     node_to_group = {id(n): g for g, n in groups.items()}
+    if any(_is_variable(v) for n in groups.values() for v in n.hyperparams.values()):
+        for group, names in values.items():  # NNX: assign into the variables
+            for name, v in names.items():
+                var = groups[group].hyperparams[name]
+                var[...] = _cast_like(v, var)
+        return opt_state
 
     def replace(node):
         if not _is_inject(node):

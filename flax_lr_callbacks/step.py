@@ -123,8 +123,12 @@ def eval_sums(params: Any, batch: Any, *, loss: LossFn,
 
 # ---------------------------------------------------------------------- host-side edits
 def _put_like(value: Any, like: jax.Array) -> jax.Array:
-    """`value` with the dtype and sharding of `like`: same jit signature, no recompile."""
-    return jax.device_put(np.asarray(value, dtype=like.dtype), like.sharding)
+    """`value` with the dtype, sharding and committedness of `like`: the same jit signature,
+    so no recompile (jit keys its cache on whether an argument is committed, too)."""
+    value = np.asarray(value, dtype=like.dtype)
+    if not getattr(like, "committed", True):
+        return jnp.asarray(value)
+    return jax.device_put(value, like.sharding)
 
 
 def _state_path(callbacks: Sequence[Callback], callback: Callback) -> list[int]:

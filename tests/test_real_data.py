@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(
     reason="real Fashion-MNIST absent: apt-get install dataset-fashion-mnist")
 
 
-def example_module():
-    path = Path(__file__).parents[1] / "examples" / "fashion_mnist.py"
-    spec = importlib.util.spec_from_file_location("fashion_mnist_example", path)
+def example_module(name="fashion_mnist"):
+    path = Path(__file__).parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # flax Modules are dataclasses: they look themselves up
     spec.loader.exec_module(module)
@@ -46,3 +46,12 @@ def test_finder_suggests_on_the_falling_part_of_the_seed_cnn_curve():
     assert np.gradient(result.smoothed_losses)[i] < 0  # on the falling part
     end = result.lrs[result.stopped_at] if result.stopped_at is not None else result.lrs[-1]
     assert lr < end / 10  # far below where it diverged
+
+
+@pytest.mark.parametrize("name", ["existing_linen_loop", "existing_nnx_loop"])
+def test_drop_in_examples_train_with_one_compile(name, capsys):
+    """The two hand-written-loop examples, one epoch of the MLP on the real data."""
+    result = example_module(name).main(["--epochs", "1"])
+    assert result["compiles"] == 1
+    assert result["test_accuracy"] > 0.8
+    assert "epoch 1:" in capsys.readouterr().out

@@ -1,0 +1,239 @@
+"""LRCallbacks: the LR callbacks in a hand-written Flax loop (linen `TrainState` or NNX).
+
+You keep your own jitted step; one call inside it applies every callback's in-graph rule to
+the optimizer state, and a few host calls at your epoch and validation points run the
+callbacks' decisions (plateau reduction, epoch-based changes). The LR state is a small pytree
+you carry through the step next to your train state, so nothing retraces when a callback
+changes a value, and you checkpoint it with the rest of your state.
+
+linen::
+
+    lrc = LRCallbacks([OneCycle(0.1), ReduceLROnPlateau()], steps_per_epoch=len(train),
+                      max_epochs=10)
+    lr_state = lrc.init(state.opt_state)
+
+    @jax.jit
+    def train_step(state, lr_state, batch):
+        opt_state, lr_state = lrc.apply(state.opt_state, lr_state)   # the added line
+        state = state.replace(opt_state=opt_state)
+        ...                                                          # your step as before
+
+    for epoch in range(10):
+        for batch in train:
+            state, lr_state, loss = train_step(state, lr_state, batch)
+        lr_state = lrc.validation_end(lr_state, {"val_loss": evaluate(state)})
+        lr_state = lrc.epoch_end(lr_state)
+
+NNX: pass the `nnx.Optimizer` instead of an optax state; `apply` then writes the values into
+its variables in place (``variable[...] = value``) and returns only the new LR state:
+``lr_state = lrc.apply(optimizer, lr_state)`` inside an `nnx.jit` step. For the fastest NNX
+loop, ``nnx.split`` the model and optimizer once, `jax.jit` a pure step that does
+``nnx.merge`` -> `apply` -> update -> ``nnx.split``, and `nnx.update` the objects at the end
+(`nnx.jit` re-splits on every call, which costs Python time per step on small models).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from flax_lr_callbacks import hyperparams as hp_lib
+from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.callbacks.base import Callback, RunPlan, apply_rules, check_setters
+
+__all__ = ["LRCallbacks", "LRState"]
+
+
+class LRState(NamedTuple):
+    """What the LR callbacks carry through a hand-written step (a pytree)."""
+
+    base_hparams: hp_lib.Hyperparams
+    callback_states: tuple
+    step: jax.Array  # int32 steps applied so far (the schedule clock)
+    steps_per_epoch: jax.Array
+    total_steps: jax.Array
+
+
+def _is_nnx_optimizer(x: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(x, nnx.Optimizer)
+
+
+class LRCallbacks:
+    """Runs LR callbacks in your own training loop. See the module docstring for the loop.
+
+    Host calls (`init`, `validation_end`, `epoch_end`, `finish`) play the Trainer's part for
+    the callbacks: they see ``global_step``, ``current_epoch``, ``callback_metrics`` (the
+    metrics you pass) and write their decisions into the returned `LRState`. Those calls read
+    one scalar (the step) from the device; `apply` never syncs.
+
+    Callbacks that need the Trainer's data, logger or per-step records (`LRFinder`,
+    `LearningRateMonitor`, `ProgressBar`, `ModelCheckpoint`, plateau with ``check_on=<N
+    steps>``) are refused with a TypeError; in a custom loop, run `Trainer.lr_find` first and
+    pass its suggestion as the peak, and log `get_hyperparams(opt_state)` yourself.
+
+    Args:
+      callbacks: LR callbacks (schedules, `ReduceLROnPlateau`, your own).
+      steps_per_epoch: batches per epoch (>= 1).
+      max_epochs: planned epochs (>= 1); with `steps_per_epoch` it sets ``total_steps``.
+      total_steps: planned steps, if not ``max_epochs * steps_per_epoch``.
+    """
+
+    def __init__(self, callbacks: list[Callback], *, steps_per_epoch: int,
+                 max_epochs: int | None = None, total_steps: int | None = None):
+        from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
+        from flax_lr_callbacks.callbacks.lr_finder import LRFinder
+        from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
+        from flax_lr_callbacks.callbacks.progress import ProgressBar
+
+        for name, value in (("steps_per_epoch", steps_per_epoch), ("max_epochs", max_epochs),
+                            ("total_steps", total_steps)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
+        if max_epochs is None and total_steps is None:
+            raise ValueError("give max_epochs or total_steps (both are None)")
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+            needs_trainer = isinstance(cb, (LRFinder, LearningRateMonitor, ProgressBar,
+                                            ModelCheckpoint)) or isinstance(
+                getattr(cb, "check_on", None), int)
+            if needs_trainer:
+                raise TypeError(
+                    f"{cb!r} needs the Trainer's data, logger or per-step records and cannot "
+                    "run in a custom loop; see the LRCallbacks docstring for what to do instead")
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps or max_epochs * steps_per_epoch
+        self.max_epochs_planned = max_epochs or -(-self.total_steps // steps_per_epoch)
+        # What callbacks read from "the trainer" in host hooks.
+        self.global_step = 0
+        self.current_epoch = 0
+        self.callback_metrics: dict[str, float] = {}
+        self.should_stop = False
+        self.logger = None
+        self.resuming = False
+        self.trainer_state: LRState | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def init(self, opt_state: Any) -> LRState:
+        """Checks the optimizer, builds the LR state and runs the callbacks' fit-start hooks.
+
+        `opt_state`: your optax state (``state.opt_state``) or an `nnx.Optimizer`. Its current
+        injected values are the base values rules start from.
+        """
+        opt_state = self._opt_state(opt_state)
+        base = hp_lib.get_hyperparams(opt_state)
+        for cb in self.callbacks:
+            cb.configure(base)
+        for cb in self.callbacks:
+            names = tuple(cb.sets) + tuple(cb.scales)
+            if names:
+                hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
+        check_setters(self.callbacks, base)
+        base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}
+                for g, d in base.items()}
+        plan = RunPlan(self.steps_per_epoch, self.total_steps)
+        state = LRState(
+            base_hparams=base,
+            callback_states=tuple(jax.tree_util.tree_map(jnp.asarray, cb.init_state(plan, base))
+                                  for cb in self.callbacks),
+            step=jnp.zeros((), jnp.int32),
+            steps_per_epoch=jnp.asarray(self.steps_per_epoch, jnp.int32),
+            total_steps=jnp.asarray(self.total_steps, jnp.int32))
+        # Place it like the optimizer's values: jit keys its cache on placement, so the LR
+        # state must be committed exactly when the optimizer state is.
+        sharding = self._sharding(opt_state)
+        if sharding is not None:
+            state = jax.device_put(state, sharding)
+        self.global_step = self.current_epoch = 0
+        self.callback_metrics, self.resuming = {}, False
+        return self._host(state, "on_fit_start", "on_train_epoch_start")
+
+    def resume(self, lr_state: LRState, state_dict: dict[str, Any]) -> LRState:
+        """Continues from a saved `lr_state` (your checkpoint) and `state_dict()`."""
+        self.load_state_dict(state_dict)
+        self.resuming = True
+        return self._host(lr_state, "on_fit_start", "on_train_epoch_start")
+
+    # ------------------------------------------------------------------ in the jitted step
+    def apply(self, opt_state: Any, lr_state: LRState) -> Any:
+        """Applies every rule for the current step and writes the values into `opt_state`.
+
+        Call it once per step inside your jitted step, before the gradient update. Returns
+        ``(opt_state, lr_state)``, or just ``lr_state`` for an `nnx.Optimizer` (written in
+        place).
+        """
+        hparams, states = apply_rules(self.callbacks, step_lib.step_context(lr_state),
+                                      lr_state.base_hparams, lr_state.callback_states)
+        new_lr = lr_state._replace(callback_states=states, step=lr_state.step + 1)
+        if _is_nnx_optimizer(opt_state):
+            hp_lib.set_hyperparams(opt_state.opt_state, hparams)
+            return new_lr
+        return hp_lib.set_hyperparams(opt_state, hparams), new_lr
+
+    # ------------------------------------------------------------------ host points
+    def validation_end(self, lr_state: LRState, metrics: dict[str, Any]) -> LRState:
+        """Hands validation metrics (e.g. ``{"val_loss": ...}``) to the callbacks."""
+        self.callback_metrics.update({k: float(v) for k, v in metrics.items()})
+        return self._host(lr_state, "on_validation_end")
+
+    def epoch_end(self, lr_state: LRState, metrics: dict[str, Any] | None = None) -> LRState:
+        """Ends the current epoch (epoch-end hooks) and starts the next one."""
+        self.callback_metrics.update({k: float(v) for k, v in (metrics or {}).items()})
+        lr_state = self._host(lr_state, "on_train_epoch_end")
+        self.current_epoch += 1
+        return self._host(lr_state, "on_train_epoch_start")
+
+    def finish(self, lr_state: LRState) -> None:
+        """Runs the fit-end hooks."""
+        self._host(lr_state, "on_fit_end", "teardown")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Host state of the callbacks and the epoch counter, to save with `lr_state`."""
+        return {"epoch": self.current_epoch, "metrics": dict(self.callback_metrics),
+                "callbacks": [cb.state_dict() for cb in self.callbacks]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.current_epoch = state_dict["epoch"]
+        self.callback_metrics = dict(state_dict["metrics"])
+        for cb, saved in zip(self.callbacks, state_dict["callbacks"]):
+            cb.load_state_dict(saved)
+
+    # ------------------------------------------------------------------ the trainer face
+    def update_callback_state(self, callback: Callback, **values: Any) -> None:
+        """Used by callbacks' host hooks, as on the Trainer (dtype and sharding kept)."""
+        self.trainer_state = step_lib.replace_callback_state(
+            self.trainer_state, self.callbacks, callback, **values)
+
+    def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
+        self.trainer_state = step_lib.replace_base_hyperparam(self.trainer_state, name, value,
+                                                              group)
+
+    def callback_state(self, callback: Callback) -> Any:
+        return step_lib.get_callback_state(self.trainer_state, self.callbacks, callback)
+
+    def _host(self, lr_state: LRState, *hooks: str) -> LRState:
+        self.trainer_state = lr_state
+        self.global_step = int(lr_state.step)  # the one sync of a host point
+        for hook in hooks:
+            for cb in self.callbacks:
+                getattr(cb, hook)(self, None)
+        lr_state, self.trainer_state = self.trainer_state, None
+        return lr_state
+
+    @staticmethod
+    def _sharding(opt_state: Any) -> jax.sharding.Sharding | None:
+        """The placement of the optimizer's injected values (None: not committed)."""
+        for names in hp_lib.get_hyperparams(opt_state).values():
+            for v in names.values():
+                if isinstance(v, jax.Array) and v.committed:
+                    return v.sharding
+        return None
+
+    @staticmethod
+    def _opt_state(opt_state: Any) -> Any:
+        return opt_state.opt_state if _is_nnx_optimizer(opt_state) else opt_state
