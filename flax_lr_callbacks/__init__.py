@@ -26,6 +26,7 @@ from flax_lr_callbacks.hyperparams import injectable
 from flax_lr_callbacks.hyperparams import set_hyperparam
 from flax_lr_callbacks.hyperparams import set_hyperparams
 from flax_lr_callbacks.loggers.tensorboard import TensorBoardLogger
+from flax_lr_callbacks.nnx_state import NNXTrainState
 from flax_lr_callbacks.preview import preview
 from flax_lr_callbacks.trainer import Trainer
 from flax_lr_callbacks.trainer import TrainerState
@@ -45,6 +46,7 @@ __all__ = [
     "LRState",
     "LearningRateMonitor",
     "ModelCheckpoint",
+    "NNXTrainState",
     "OneCycle",
     "ProgressBar",
     "ReduceLROnPlateau",

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from flax_lr_callbacks import finder
 from flax_lr_callbacks import hyperparams as hp_lib
+from flax_lr_callbacks import step as step_lib
 
 __all__ = ["run", "chunk_size"]
 
@@ -39,8 +40,8 @@ def _step_fn(trainer: Any, groups: list[str]):
         key = jax.random.fold_in(base_key, index)  # in-graph: no extra dispatch per step
         values = {g: {"learning_rate": lr} for g in groups}
         state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, values))
-        (loss, _), grads = jax.value_and_grad(trainer._loss, has_aux=True)(
-            state.params, batch, key)
+        loss_fn = step_lib.bound(state, trainer._loss)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
         return state.apply_gradients(grads=grads), loss
 
     return jax.jit(step, donate_argnums=0)

@@ -55,6 +55,11 @@ class LossFn:
         return out, {}
 
 
+def bound(state: Any, fn: Any) -> Any:
+    """`fn` as a function of ``state.params``: NNX states re-assemble the model for it."""
+    return state.bind_loss(fn) if fn is not None and hasattr(state, "bind_loss") else fn
+
+
 def step_context(ts: TrainerState) -> StepContext:
     """The traced counters rules read at step ``ts.step``."""
     return StepContext(step=ts.step, epoch=ts.step // ts.steps_per_epoch,
@@ -78,7 +83,8 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
     state = ts.train_state
     state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, hparams))
     rng = jax.random.fold_in(ts.key, ts.step)
-    (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch, rng)
+    (value, metrics), grads = jax.value_and_grad(bound(state, loss), has_aux=True)(
+        state.params, batch, rng)
     state = state.apply_gradients(grads=grads)
     values = record(value, metrics, hparams)
     slot = ts.step % buffer_size
@@ -93,7 +99,7 @@ def empty_buffer(ts: TrainerState, batch: Any, *, loss: LossFn,
     def record_only(ts, batch):
         hparams, _ = apply_rules(callbacks, step_context(ts), ts.base_hparams,
                                  ts.callback_states)
-        value, metrics = loss(ts.train_state.params, batch, ts.key)
+        value, metrics = bound(ts.train_state, loss)(ts.train_state.params, batch, ts.key)
         return record(value, metrics, hparams)
 
     shapes = jax.eval_shape(record_only, ts, batch)
@@ -108,13 +114,13 @@ def batch_size(batch: Any) -> int:
     return int(np.shape(leaves[0])[0])
 
 
-def eval_sums(params: Any, batch: Any, *, loss: LossFn,
+def eval_sums(state: Any, batch: Any, *, loss: LossFn,
               eval_fn: Callable[[Any, Any], dict[str, Any]] | None) -> dict[str, jax.Array]:
     """Example-weighted sums of the validation loss and metrics of one batch (no rng)."""
-    value, metrics = loss(params, batch, None)
+    value, metrics = bound(state, loss)(state.params, batch, None)
     values = {"loss": value, **metrics}
     if eval_fn is not None:
-        values.update(eval_fn(params, batch))
+        values.update(bound(state, eval_fn)(state.params, batch))
     n = jnp.asarray(batch_size(batch), jnp.float32)
     sums = {k: jnp.asarray(v, jnp.float32) * n for k, v in values.items()}
     sums["_count"] = n

@@ -142,8 +142,8 @@ class Trainer:
         return step_lib.train_step(ts, batch, loss=self._loss, callbacks=self.callbacks,
                                    buffer_size=self.log_every_n_steps)
 
-    def _eval_batch(self, params: Any, batch: Any) -> dict[str, jax.Array]:
-        return step_lib.eval_sums(params, batch, loss=self._loss, eval_fn=self.eval_fn)
+    def _eval_batch(self, state: Any, batch: Any) -> dict[str, jax.Array]:
+        return step_lib.eval_sums(state, batch, loss=self._loss, eval_fn=self.eval_fn)
 
     # ------------------------------------------------------------------ set-up
     def _resolve_steps_per_epoch(self, data: Any) -> int:
@@ -439,7 +439,7 @@ class Trainer:
         """
         totals = None
         for batch in self._epoch_batches(val_data, 0):
-            sums = self._eval_step(state.params, batch)
+            sums = self._eval_step(state, batch)
             totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
         if totals is None:
             raise ValueError("val_data yielded no batch")

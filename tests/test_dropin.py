@@ -13,6 +13,7 @@ from flax_lr_callbacks import (
     LearningRateMonitor,
     LRCallbacks,
     LRFinder,
+    NNXTrainState,
     OneCycle,
     ReduceLROnPlateau,
     Trainer,
@@ -226,3 +227,31 @@ def test_state_dict_round_trip():
     restored = other.resume(lr_state, saved)
     assert other.state_dict() == saved and other.current_epoch == 3
     assert jnp.array_equal(restored.callback_states[1].scale, lr_state.callback_states[1].scale)
+
+
+def test_trainer_fits_nnx_models_like_linen():
+    """Trainer.fit on NNXTrainState gives the linen run's LR trajectory and parameters."""
+    t_state, t_lrs, trainer = trainer_run()
+    train, d = data()
+    model = NNXMLP(make_state().params)
+    state = NNXTrainState.create(model, injectable(optax.sgd, learning_rate=0.1, momentum=0.9))
+    monitor = LearningRateMonitor()
+
+    def loss(model, batch):
+        return nnx_loss(model, batch), {}
+
+    nnx_trainer = Trainer(loss, max_epochs=EPOCHS, callbacks=[*callbacks(), monitor],
+                          enable_progress_bar=False, log_every_n_steps=6)
+    out = nnx_trainer.fit(state, train, ArrayDataset(d, 96, shuffle=False))
+    np.testing.assert_array_equal(np.float32(monitor.history["lr"][1]), np.float32(t_lrs))
+    assert nnx_trainer.num_step_compiles == 1
+    out.update(model)
+    for a, b in zip(jax.tree_util.tree_leaves(nnx_params(model)),
+                    jax.tree_util.tree_leaves(t_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # validation ran on the NNX model too
+    assert abs(nnx_trainer.callback_metrics["val_loss"] - trainer.callback_metrics["val_loss"]) \
+        < 1e-5
+    # and the range test works on it
+    result = nnx_trainer.lr_find(state, train, num_steps=10, progress=False)
+    assert len(result.lrs) == 10
