@@ -69,6 +69,7 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
     groups = [g for g, d in hp_lib.get_hyperparams(state.opt_state).items()
               if "learning_rate" in d]
     state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
+    state = jax.device_put(state, trainer.state_sharding())
     k = chunk_size(num_steps)
     cache = trainer.__dict__.setdefault("_range_test_fns", {})
     if tuple(groups) not in cache:
@@ -88,7 +89,8 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
             while this != shape:  # a smaller last batch would compile a second shape
                 batch = next(stream)
                 this = jax.tree_util.tree_map(np.shape, batch)
-            state, loss = step(state, np.float32(lrs[i]), batch, base_key, np.int32(i))
+            state, loss = step(state, np.float32(lrs[i]), trainer.placement.put_batch(batch),
+                               base_key, np.int32(i))
             pending.append(loss)
             if len(pending) == k:
                 losses.extend(float(v) for v in jax.device_get(pending))  # one fetch per chunk

@@ -59,6 +59,11 @@ class Trainer:
       eval_fn: optional ``eval_fn(params, batch) -> {name: scalar}`` for extra validation
         metrics (reported as ``val_<name>``, averaged over examples).
       enable_progress_bar: add a default `ProgressBar`.
+      mesh: ``"auto"`` (default): data parallel over all devices when there are several
+        (batches sharded over a ``"data"`` axis, state and hyperparameters replicated), one
+        device otherwise; a `jax.sharding.Mesh` to choose; None for the first device only.
+        Multi-host: see `flax_lr_callbacks.parallel`.
+      data_axis: the mesh axis batches are split over. Default ``"data"``.
 
     Example:
       >>> trainer = Trainer(loss_fn, max_epochs=3, callbacks=[LRSchedule(sched)])  # doctest: +SKIP
@@ -78,6 +83,8 @@ class Trainer:
         seed: int = 0,
         eval_fn: Callable[[Any, Any], dict[str, Any]] | None = None,
         enable_progress_bar: bool = True,
+        mesh: Any = "auto",
+        data_axis: str = "data",
     ):
         self._loss = step_lib.LossFn(loss_fn)
         if max_epochs is None and max_steps is None:
@@ -133,7 +140,13 @@ class Trainer:
         self._buffer_layouts: dict[Any, dict[str, jax.Array]] = {}
         self._hook_users: dict[str, list[Callback]] = {}
         self._data_iter: Any = None  # the running epoch's iterator, when data is not indexable
-        self._train_step = jax.jit(self._step, donate_argnums=0)
+        from flax_lr_callbacks import parallel
+
+        self.placement = parallel.Placement(
+            parallel.default_mesh(data_axis) if isinstance(mesh, str) and mesh == "auto"
+            else mesh, data_axis)
+        self._train_step = jax.jit(self._step, donate_argnums=0,
+                                   out_shardings=self.placement.state_sharding())
         self._eval_step = jax.jit(self._eval_batch)
 
     # ------------------------------------------------------------------ in-graph pieces
@@ -216,8 +229,8 @@ class Trainer:
         return self._train_step._cache_size()
 
     def state_sharding(self) -> jax.sharding.Sharding:
-        """Where the carried state lives: replicated on the first local device."""
-        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        """Where the carried state lives: replicated over the mesh, or on the first device."""
+        return self.placement.state_sharding()
 
     # ------------------------------------------------------------------ host access
     def callback_state(self, callback: Callback) -> Any:
@@ -339,7 +352,8 @@ class Trainer:
                     if (self.batch_in_epoch >= spe or self.global_step >= total
                             or self.should_stop):
                         break
-                    self.trainer_state = self._train_step(self.trainer_state, batch)
+                    self.trainer_state = self._train_step(self.trainer_state,
+                                                          self.placement.put_batch(batch))
                     self.global_step += 1
                     self.batch_in_epoch += 1
                     if self.global_step % self.log_every_n_steps == 0:
@@ -439,7 +453,7 @@ class Trainer:
         """
         totals = None
         for batch in self._epoch_batches(val_data, 0):
-            sums = self._eval_step(state, batch)
+            sums = self._eval_step(state, self.placement.put_batch(batch, strict=False))
             totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
         if totals is None:
             raise ValueError("val_data yielded no batch")

@@ -30,6 +30,10 @@ class ArrayDataset:
       shuffle: reshuffle every epoch (default True). False keeps the stored order.
       seed: base seed of the per-epoch permutations.
       drop_remainder: drop the last incomplete batch (default True; keeps one compiled shape).
+      process_index, process_count: multi-host data parallelism. Each process yields its
+        contiguous ``batch_size / process_count`` slice of every global batch (the same global
+        batches as one process would see). Default: `jax.process_index()` /
+        `jax.process_count()`, so a single process gets whole batches.
 
     Example:
       >>> import numpy as np
@@ -39,7 +43,8 @@ class ArrayDataset:
     """
 
     def __init__(self, arrays: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_remainder: bool = True):
+                 drop_remainder: bool = True, process_index: int | None = None,
+                 process_count: int | None = None):
         leaves = jax.tree_util.tree_leaves(arrays)
         if not leaves:
             raise ValueError("arrays has no array leaves")
@@ -55,6 +60,16 @@ class ArrayDataset:
                 f"batch_size={batch_size} exceeds the {self.num_examples} examples with "
                 "drop_remainder=True: no batch would be produced"
             )
+        self.process_count = jax.process_count() if process_count is None else process_count
+        self.process_index = jax.process_index() if process_index is None else process_index
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index must be in [0, {self.process_count}), got "
+                             f"process_index={self.process_index}")
+        if self.process_count > 1 and (batch_size % self.process_count or not drop_remainder):
+            raise ValueError(
+                f"with process_count={self.process_count}, batch_size must be a multiple of it "
+                f"and drop_remainder True, got batch_size={batch_size}, "
+                f"drop_remainder={drop_remainder}")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -76,8 +91,13 @@ class ArrayDataset:
         order = self.permutation(epoch)
         arrays, b = self.arrays, self.batch_size
 
+        local = b // self.process_count
+        first = self.process_index * local
+
         def gather(i: int) -> Any:
             idx = order[i * b:(i + 1) * b]
+            if self.process_count > 1:  # this process's slice of the global batch
+                idx = idx[first:first + local]
             return jax.tree_util.tree_map(lambda a: a[idx], arrays)
 
         return grain.MapDataset.range(len(self)).map(gather)
