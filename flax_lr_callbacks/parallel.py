@@ -54,24 +54,26 @@ class Placement:
             return SingleDeviceSharding(jax.local_devices()[0])
         return NamedSharding(self.mesh, PartitionSpec())
 
-    def batch_sharding(self) -> jax.sharding.Sharding:
+    def batch_sharding(self, stacked: bool = False) -> jax.sharding.Sharding:
         if self.mesh is None:
             return SingleDeviceSharding(jax.local_devices()[0])
-        return NamedSharding(self.mesh, PartitionSpec(self.data_axis))
+        spec = (None, self.data_axis) if stacked else (self.data_axis,)
+        return NamedSharding(self.mesh, PartitionSpec(*spec))
 
-    def put_batch(self, batch: Any, *, strict: bool = True) -> Any:
+    def put_batch(self, batch: Any, *, strict: bool = True, stacked: bool = False) -> Any:
         """The global batch, sharded along dim 0, from this process's slice of it.
 
         A batch whose size the data shards do not divide raises with `strict` (training:
         the step compiles for one shape); otherwise it is replicated (a last, partial
-        validation batch).
+        validation batch). ``stacked``: K batches stacked on a new leading axis (dim 1 is
+        the batch).
         """
         if self.mesh is None:
             return batch
         n = self.num_data_shards
         local = jax.process_count() > 1
         leaves = jax.tree_util.tree_leaves(batch)
-        size = np.shape(leaves[0])[0] * (jax.process_count() if local else 1)
+        size = np.shape(leaves[0])[int(stacked)] * (jax.process_count() if local else 1)
         if size % n:
             if strict:
                 raise ValueError(
@@ -81,7 +83,7 @@ class Placement:
                 raise ValueError(f"a {size}-example batch cannot be split over {n} devices "
                                  "on several processes; drop the remainder")
             return jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec()))
-        sharding = self.batch_sharding()
+        sharding = self.batch_sharding(stacked)
         if not local:
             return jax.device_put(batch, sharding)
         return jax.tree_util.tree_map(

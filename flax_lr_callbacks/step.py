@@ -17,8 +17,8 @@ import numpy as np
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks.callbacks.base import Callback, StepContext, apply_rules, hparam_key
 
-__all__ = ["TrainerState", "LossFn", "step_context", "train_step", "record", "empty_buffer",
-           "eval_sums"]
+__all__ = ["TrainerState", "LossFn", "step_context", "train_step", "fused_steps", "record",
+           "empty_buffer", "eval_sums"]
 
 
 class TrainerState(NamedTuple):
@@ -91,6 +91,16 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
     buffer = {k: b.at[slot].set(values[k]) for k, b in ts.buffer.items()}
     return ts._replace(train_state=state, callback_states=cb_states, step=ts.step + 1,
                        buffer=buffer)
+
+
+def fused_steps(ts: TrainerState, batches: Any, *, loss: LossFn,
+                callbacks: Sequence[Callback], buffer_size: int) -> TrainerState:
+    """`train_step` over the leading axis of `batches` (K stacked batches) with `lax.scan`."""
+    def body(ts, batch):
+        return train_step(ts, batch, loss=loss, callbacks=callbacks,
+                          buffer_size=buffer_size), None
+
+    return jax.lax.scan(body, ts, batches)[0]
 
 
 def empty_buffer(ts: TrainerState, batch: Any, *, loss: LossFn,

@@ -64,6 +64,13 @@ class Trainer:
         device otherwise; a `jax.sharding.Mesh` to choose; None for the first device only.
         Multi-host: see `flax_lr_callbacks.parallel`.
       data_axis: the mesh axis batches are split over. Default ``"data"``.
+      steps_per_dispatch: K >= 1 steps fused into one compiled call (`lax.scan` over K
+        stacked batches), for small models where Python dispatch dominates. Schedules stay
+        exact per step (in-graph) and every step is still recorded and logged;
+        ``on_train_batch_end`` runs once per dispatch, after K steps (``last_dispatch_steps``
+        says how many). `log_every_n_steps` must be a multiple of K. Batches left at an
+        epoch's end (fewer than K) run through the single step, which compiles once too.
+        On CPU, XLA runs convolutions inside `scan` much slower; keep K=1 for conv nets there.
 
     Example:
       >>> trainer = Trainer(loss_fn, max_epochs=3, callbacks=[LRSchedule(sched)])  # doctest: +SKIP
@@ -85,6 +92,7 @@ class Trainer:
         enable_progress_bar: bool = True,
         mesh: Any = "auto",
         data_axis: str = "data",
+        steps_per_dispatch: int = 1,
     ):
         self._loss = step_lib.LossFn(loss_fn)
         if max_epochs is None and max_steps is None:
@@ -97,6 +105,13 @@ class Trainer:
             raise ValueError(
                 f"log_every_n_steps must be an int >= 1, got {log_every_n_steps=}"
             )
+        if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
+            raise ValueError(f"steps_per_dispatch must be an int >= 1, got {steps_per_dispatch=}")
+        if log_every_n_steps % steps_per_dispatch:
+            raise ValueError(
+                f"log_every_n_steps={log_every_n_steps} must be a multiple of "
+                f"steps_per_dispatch={steps_per_dispatch} (the record buffer is fetched "
+                "between dispatches)")
         callbacks = list(callbacks)
         for cb in callbacks:
             if not isinstance(cb, Callback):
@@ -117,6 +132,8 @@ class Trainer:
         self.callbacks = callbacks
         self.logger = logger
         self.log_every_n_steps = log_every_n_steps
+        self.steps_per_dispatch = steps_per_dispatch
+        self.last_dispatch_steps = 1  # steps run by the latest dispatch (hooks see them at once)
         self.seed = seed
         self.eval_fn = eval_fn
 
@@ -147,6 +164,9 @@ class Trainer:
             else mesh, data_axis)
         self._train_step = jax.jit(self._step, donate_argnums=0,
                                    out_shardings=self.placement.state_sharding())
+        self._fused_step = jax.jit(self._fused, donate_argnums=0,
+                                   out_shardings=self.placement.state_sharding())
+        self.num_fused_traces = 0
         self._eval_step = jax.jit(self._eval_batch)
 
     # ------------------------------------------------------------------ in-graph pieces
@@ -154,6 +174,11 @@ class Trainer:
         self.num_step_traces += 1  # Python side effect: runs only when tracing
         return step_lib.train_step(ts, batch, loss=self._loss, callbacks=self.callbacks,
                                    buffer_size=self.log_every_n_steps)
+
+    def _fused(self, ts: TrainerState, batches: Any) -> TrainerState:
+        self.num_fused_traces += 1
+        return step_lib.fused_steps(ts, batches, loss=self._loss, callbacks=self.callbacks,
+                                    buffer_size=self.log_every_n_steps)
 
     def _eval_batch(self, state: Any, batch: Any) -> dict[str, jax.Array]:
         return step_lib.eval_sums(state, batch, loss=self._loss, eval_fn=self.eval_fn)
@@ -348,17 +373,19 @@ class Trainer:
                 self._call("on_train_epoch_start")
                 batches = self._epoch_batches(train_data, epoch, start,
                                               iterator_state if start else None)
+                pending: list[Any] = []
                 for batch in batches:
                     if (self.batch_in_epoch >= spe or self.global_step >= total
                             or self.should_stop):
                         break
-                    self.trainer_state = self._train_step(self.trainer_state,
-                                                          self.placement.put_batch(batch))
-                    self.global_step += 1
-                    self.batch_in_epoch += 1
-                    if self.global_step % self.log_every_n_steps == 0:
-                        self._log_point()
-                    self._call("on_train_batch_end")
+                    pending.append(batch)
+                    room = min(self.steps_per_dispatch, spe - self.batch_in_epoch,
+                               total - self.global_step)
+                    if len(pending) >= room:
+                        self._dispatch(pending)
+                        pending = []
+                for batch in pending:  # the data ended inside a group of K
+                    self._dispatch([batch])
                 self._log_point()
                 if val_data is not None:
                     self.callback_metrics.update(self.validate(
@@ -381,6 +408,27 @@ class Trainer:
             if self.logger is not None:
                 self.logger.finalize()
         return self.trainer_state.train_state
+
+    def _dispatch(self, batches: list[Any]) -> None:
+        """Runs `batches` as one fused call (K of them) or as single steps, then the hooks."""
+        if len(batches) == self.steps_per_dispatch > 1:
+            stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
+            self.trainer_state = self._fused_step(
+                self.trainer_state, self.placement.put_batch(stacked, stacked=True))
+            self._after_steps(len(batches))
+            return
+        for batch in batches:
+            self.trainer_state = self._train_step(self.trainer_state,
+                                                  self.placement.put_batch(batch))
+            self._after_steps(1)
+
+    def _after_steps(self, n: int) -> None:
+        self.global_step += n
+        self.batch_in_epoch += n
+        self.last_dispatch_steps = n
+        if self.global_step % self.log_every_n_steps < n:  # a log point was reached
+            self._log_point()
+        self._call("on_train_batch_end")
 
     def _run_config(self) -> dict[str, Any]:
         """What the HParams tab shows for this run."""

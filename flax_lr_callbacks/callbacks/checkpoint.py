@@ -113,7 +113,8 @@ class ModelCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Any, state: Any) -> None:
         n = self.every_n_steps
-        if n is None or trainer.global_step % n:
+        # a fused dispatch advances several steps at once: save when it crossed a multiple
+        if n is None or trainer.global_step % n >= getattr(trainer, "last_dispatch_steps", 1):
             return
         if (trainer.batch_in_epoch >= trainer.steps_per_epoch or trainer.should_stop
                 or trainer.global_step >= trainer.total_steps):
