@@ -82,7 +82,8 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
                                      ts.callback_states)
     state = ts.train_state
     state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, hparams))
-    rng = jax.random.fold_in(ts.key, ts.step)
+    # A per-step key only for a loss that takes one (the hash costs a few microseconds).
+    rng = jax.random.fold_in(ts.key, ts.step) if loss.takes_rng else None
     (value, metrics), grads = jax.value_and_grad(bound(state, loss), has_aux=True)(
         state.params, batch, rng)
     state = state.apply_gradients(grads=grads)
