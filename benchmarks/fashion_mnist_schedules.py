@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import optax
 from common import RESULTS, machine
 from flax.training.train_state import TrainState

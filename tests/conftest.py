@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax.training.train_state import TrainState
 
-from flax_lr_callbacks import ArrayDataset, injectable
+from flax_lr_callbacks import ArrayDataset, Callback, injectable
 
 
 class TinyMLP(nn.Module):
@@ -48,3 +48,19 @@ def data():
 @pytest.fixture
 def state():
     return make_state()
+
+
+class Crash(Exception):
+    """A simulated crash (tests of checkpoints and resume)."""
+
+
+class CrashAt(Callback):
+    """Raises `Crash` once `trainer.global_step` reaches `step` (after that step's hooks of
+    the callbacks before it, including any checkpoint due there)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, state):
+        if trainer.global_step >= self.step:
+            raise Crash(f"simulated crash after step {trainer.global_step}")

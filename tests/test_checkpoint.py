@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import loss_fn, make_state
+from conftest import Crash, CrashAt, loss_fn, make_state
 from flax_lr_callbacks import (
     ArrayDataset,
     Callback,
@@ -43,19 +43,6 @@ class Recorder(Callback):
     def on_log(self, trainer, state, history):
         for step, lr, m in zip(history["step"], history[LR_KEY], history[MOMENTUM_KEY]):
             self.lr[int(step)], self.momentum[int(step)] = float(lr), float(m)
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, state):
-        if trainer.global_step == self.step:
-            raise Crash(f"simulated crash after step {self.step}")
 
 
 def plateau_reducing():

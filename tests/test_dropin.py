@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import MODEL, loss_fn, make_data, make_state
+from conftest import loss_fn, make_data, make_state
 from flax_lr_callbacks import (
     ArrayDataset,
     LearningRateMonitor,
@@ -40,12 +40,7 @@ def val_loss(params, d):
 
 def trainer_run():
     train, d = data()
-    lrs = []
-
-    class Grab(LearningRateMonitor):
-        pass
-
-    monitor = Grab()
+    monitor = LearningRateMonitor()
     trainer = Trainer(loss_fn, max_epochs=EPOCHS, callbacks=[*callbacks(), monitor],
                       enable_progress_bar=False, log_every_n_steps=6)
     # validate on the full set in one batch, as the hand loops below do

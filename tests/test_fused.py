@@ -4,22 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import loss_fn, make_data, make_state
-from flax_lr_callbacks import (ArrayDataset, Callback, LearningRateMonitor, ModelCheckpoint,
+from conftest import Crash, CrashAt, loss_fn, make_data, make_state
+from flax_lr_callbacks import (ArrayDataset, LearningRateMonitor, ModelCheckpoint,
                                OneCycle, ReduceLROnPlateau, Trainer)
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAfter(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, state):
-        if trainer.global_step >= self.step:
-            raise Crash
 
 
 def fit(k, tmp_path=None, resume=False, log_every=12):
@@ -64,7 +51,7 @@ def test_fused_checkpoint_resume(tmp_path):
                           "train_loss", factor=0.5, patience=0, threshold=0.9, check_on=12),
                           LearningRateMonitor(), ModelCheckpoint(
                               tmp_path / "b", every_n_steps=5, every_n_epochs=None),
-                          CrashAfter(17)])
+                          CrashAt(17)])
     with pytest.raises(Crash):
         trainer.fit(make_state(), ArrayDataset(d, 16, seed=2))
     _, resumed, _ = fit(4, tmp_path / "b", resume=True)
