@@ -326,3 +326,27 @@ def test_sigkill_mid_training_and_mid_save(tmp_path):
         for step_dir in (p for p in ckpt.iterdir() if p.name.isdigit()):
             meta = json.loads((step_dir / "meta" / "metadata").read_text())
             assert meta["global_step"] == int(step_dir.name)
+
+
+def test_grain_iterator_position_is_restored(tmp_path):
+    """A Grain IterDataset (no random access): the iterator's get_state goes into the
+    checkpoint and set_state puts it back, so resume continues at the next batch."""
+    import grain
+
+    ds, _ = _data()
+    batches = ds.for_epoch(0)
+    iter_ds = grain.MapDataset.range(len(batches)).map(lambda i: batches[i]).to_iter_dataset()
+
+    def fit(name, resume=False, crash=None):
+        cbs = [OneCycle(0.2), ModelCheckpoint(tmp_path / name, every_n_steps=4)]
+        cbs += [CrashAt(crash)] if crash else []
+        trainer = Trainer(loss_fn, max_epochs=2, steps_per_epoch=6, callbacks=cbs,
+                          enable_progress_bar=False)
+        return trainer.fit(make_state(), iter_ds, resume_from="latest" if resume else None)
+
+    full = fit("full")
+    with pytest.raises(Crash):
+        fit("b", crash=5)
+    meta = json.loads((tmp_path / "b" / "4" / "meta" / "metadata").read_text())
+    assert meta["data_iterator"] is not None  # Grain's iterator state was saved
+    assert_params_equal(fit("b", resume=True).params, full.params)
