@@ -18,6 +18,7 @@ looks complete. Temporary leftovers are removed when a manager is opened.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -28,7 +29,9 @@ import numpy as np
 
 from flax_lr_callbacks.callbacks.base import Callback
 
-__all__ = ["CheckpointError", "open_manager", "write", "resolve", "restore"]
+__all__ = ["CheckpointError", "open_manager", "write", "resolve", "restore", "resume"]
+
+log = logging.getLogger("flax_lr_callbacks")
 
 FORMAT = 1
 ARRAYS, META = "arrays", "meta"
@@ -253,3 +256,21 @@ def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike) -> d
     trainer.trainer_state = restored._replace(callback_states=tuple(states))
     meta["path"] = str(where)
     return meta
+
+
+def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike
+           ) -> tuple[int, int, Any]:
+    """`restore`, then the trainer's host counters; returns ``(epoch, batch, iterator
+    state)``: where the loop continues."""
+    meta = restore(trainer, template_fn, resume_from)
+    trainer.resumed_from = meta["path"]
+    trainer.global_step = trainer.start_step = meta["global_step"]
+    trainer._window_start = meta["window_start"]
+    trainer.callback_metrics = dict(meta["callback_metrics"])
+    trainer.should_stop = meta["should_stop"]
+    epoch, batch = meta["epoch"], meta["batch_in_epoch"]
+    if meta["epoch_finished"]:
+        epoch, batch = epoch + 1, 0
+    log.info("resuming from %s at epoch %d, batch %d (step %d)", trainer.resumed_from, epoch,
+             batch, trainer.global_step)
+    return epoch, batch, meta["data_iterator"]

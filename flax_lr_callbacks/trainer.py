@@ -348,20 +348,9 @@ class Trainer:
         else:
             from flax_lr_callbacks import checkpointing
 
-            meta = checkpointing.restore(
+            start_epoch, start_batch, iterator_state = checkpointing.resume(
                 self, lambda: self.init_trainer_state(state, spe, total, first_batch),
                 resume_from)
-            self.resumed_from = meta["path"]
-            self.global_step, self._window_start = meta["global_step"], meta["window_start"]
-            self.callback_metrics = dict(meta["callback_metrics"])
-            self.should_stop = meta["should_stop"]
-            start_epoch, start_batch = meta["epoch"], meta["batch_in_epoch"]
-            if meta["epoch_finished"]:
-                start_epoch, start_batch = start_epoch + 1, 0
-            iterator_state = meta["data_iterator"]
-            self.start_step = self.global_step
-            log.info("resuming from %s at epoch %d, batch %d (step %d)", self.resumed_from,
-                     start_epoch, start_batch, self.global_step)
         try:
             self._call("on_fit_start")
             for epoch in range(start_epoch, epochs):
