@@ -250,3 +250,27 @@ def test_trainer_fits_nnx_models_like_linen():
     # and the range test works on it
     result = nnx_trainer.lr_find(state, train, num_steps=10, progress=False)
     assert len(result.lrs) == 10
+
+
+def test_nnx_trainer_checkpoint_resume(tmp_path):
+    """NNXTrainState goes through ModelCheckpoint and resume like a linen state."""
+    from conftest import Crash, CrashAt
+
+    from flax_lr_callbacks import ModelCheckpoint
+
+    def fit(name, resume=False, crash=None):
+        model = NNXMLP(make_state().params)
+        state = NNXTrainState.create(model, injectable(optax.sgd, learning_rate=0.1,
+                                                        momentum=0.9))
+        cbs = [OneCycle(0.2), ModelCheckpoint(tmp_path / name, every_n_steps=4)]
+        cbs += [CrashAt(crash)] if crash else []
+        trainer = Trainer(nnx_loss, max_epochs=2, callbacks=cbs, enable_progress_bar=False)
+        return trainer.fit(state, data()[0], resume_from="latest" if resume else None)
+
+    full = fit("full")
+    with pytest.raises(Crash):
+        fit("b", crash=9)
+    resumed = fit("b", resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.params),
+                    jax.tree_util.tree_leaves(full.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
