@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
-from flax_lr_callbacks.callbacks.base import Callback, RunPlan, apply_rules, check_setters
+from flax_lr_callbacks.callbacks.base import Callback, RunPlan, apply_rules
 
 __all__ = ["LRCallbacks", "LRState"]
 
@@ -126,21 +126,11 @@ class LRCallbacks:
         injected values are the base values rules start from.
         """
         opt_state = self._opt_state(opt_state)
-        base = hp_lib.get_hyperparams(opt_state)
-        for cb in self.callbacks:
-            cb.configure(base)
-        for cb in self.callbacks:
-            names = tuple(cb.sets) + tuple(cb.scales)
-            if names:
-                hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
-        check_setters(self.callbacks, base)
-        base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}
-                for g, d in base.items()}
-        plan = RunPlan(self.steps_per_epoch, self.total_steps)
+        base, cb_states = step_lib.init_rule_state(
+            self.callbacks, opt_state, RunPlan(self.steps_per_epoch, self.total_steps))
         state = LRState(
             base_hparams=base,
-            callback_states=tuple(jax.tree_util.tree_map(jnp.asarray, cb.init_state(plan, base))
-                                  for cb in self.callbacks),
+            callback_states=cb_states,
             step=jnp.zeros((), jnp.int32),
             steps_per_epoch=jnp.asarray(self.steps_per_epoch, jnp.int32),
             total_steps=jnp.asarray(self.total_steps, jnp.int32))

@@ -31,6 +31,8 @@ __all__ = [
     "minimum",
     "steep",
     "gradient",
+    "gradient_lr",
+    "DEFAULT_METHOD",
 ]
 
 Mode = Literal["exponential", "linear"]
@@ -101,7 +103,9 @@ def useful_end(smoothed: np.ndarray) -> int:
         return 0
     lowest = int(np.argmin(smoothed[:n]))
     above = np.nonzero(smoothed[lowest:n] > smoothed[0])[0]
-    return lowest + int(above[0]) if above.size else n
+    # Without a climb-back the whole record is kept, a non-finite last step included: each
+    # suggestion's own window decides what to drop at the end (fastai's drops 5 points).
+    return lowest + int(above[0]) if above.size else len(smoothed)
 
 
 def _too_few(name: str, n: int, need: int) -> None:
@@ -110,24 +114,34 @@ def _too_few(name: str, n: int, need: int) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+def _window(lrs, losses, num_steps: int | None = None):
+    """fastai's window, then its NaN cut: drop the first ``num_steps // 10`` points (start-up
+    noise; `num_steps` is the planned sweep length, default the recorded one) and the last 5
+    (the blow-up), then everything from the first non-finite value on.
+
+    The order matters on a sweep that ended in NaN: the 5 dropped points include the NaN step,
+    as in fastai, so a NaN tail does not cost 5 more finite points.
+    """
+    lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
+    n = len(losses)
+    skip = (n if num_steps is None else num_steps) // 10
+    lrs, losses = lrs[skip:max(n - 5, 0)], losses[skip:max(n - 5, 0)]
+    return _finite(lrs, losses)
+
+
 def _finite(lrs, losses):
+    """Cut at the first non-finite value: what follows is meaningless."""
     lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
     keep = np.isfinite(losses)
-    if not keep.all():  # cut at the first non-finite value: what follows is meaningless
+    if not keep.all():
         cut = int(np.argmin(keep))
         lrs, losses = lrs[:cut], losses[:cut]
     return lrs, losses
 
 
-def _trim(lrs, losses):
-    """fastai's window: drop the first 10% (start-up noise) and the last 5 (blow-up)."""
-    n = len(losses)
-    return lrs[n // 10:max(n - 5, 0)], losses[n // 10:max(n - 5, 0)]
-
-
-def valley(lrs: np.ndarray, losses: np.ndarray) -> float | None:
+def valley(lrs: np.ndarray, losses: np.ndarray, num_steps: int | None = None) -> float | None:
     """fastai's default: the longest strictly decreasing run of the curve, about 2/3 along it."""
-    lrs, losses = _trim(*_finite(lrs, losses))
+    lrs, losses = _window(lrs, losses, num_steps)
     n = len(losses)
     if n < 3:
         _too_few("valley", n, 3)
@@ -147,11 +161,11 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> float | None:
     return float(lrs[idx])
 
 
-def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float = 0.005,
-          adjust_value: float = 1.0) -> float | None:
+def slide(lrs: np.ndarray, losses: np.ndarray, num_steps: int | None = None, *,
+          lr_diff: int = 15, thresh: float = 0.005, adjust_value: float = 1.0) -> float | None:
     """fastai's interval slide rule: walk left from the end until the loss gradient at two
     points `lr_diff` apart differs by at most `thresh`; suggest the left point's LR."""
-    lrs, losses = _trim(*_finite(lrs, losses))
+    lrs, losses = _window(lrs, losses, num_steps)
     n = len(losses)
     if n <= lr_diff:
         _too_few("slide", n, lr_diff + 1)
@@ -165,18 +179,18 @@ def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float 
     return float(chosen) * adjust_value
 
 
-def minimum(lrs: np.ndarray, losses: np.ndarray) -> float | None:
+def minimum(lrs: np.ndarray, losses: np.ndarray, num_steps: int | None = None) -> float | None:
     """fastai's ``minimum``: one tenth of the LR with the lowest loss."""
-    lrs, losses = _trim(*_finite(lrs, losses))
+    lrs, losses = _window(lrs, losses, num_steps)
     if len(losses) < 1:
         _too_few("minimum", 0, 1)
         return None
     return float(lrs[int(np.argmin(losses))]) / 10.0
 
 
-def steep(lrs: np.ndarray, losses: np.ndarray) -> float | None:
+def steep(lrs: np.ndarray, losses: np.ndarray, num_steps: int | None = None) -> float | None:
     """fastai's ``steep``: the LR where the loss falls fastest per unit of log LR."""
-    lrs, losses = _trim(*_finite(lrs, losses))
+    lrs, losses = _window(lrs, losses, num_steps)
     if len(losses) < 2:
         _too_few("steep", len(losses), 2)
         return None
@@ -184,16 +198,39 @@ def steep(lrs: np.ndarray, losses: np.ndarray) -> float | None:
     return float(lrs[int(np.argmin(slopes))])
 
 
-def gradient(lrs: np.ndarray, losses: np.ndarray, skip_begin: int = 10,
-             skip_end: int = 1) -> float | None:
-    """Lightning's suggestion: steepest descent of the loss per step (``np.gradient``), after
-    skipping `skip_begin` points at the start and `skip_end` at the end."""
-    lrs, losses = _finite(lrs, losses)
+def _lightning_window(lrs, losses, skip_begin: int, skip_end: int):
+    """Lightning's window: skip points at both ends, then keep the finite ones."""
+    lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
     lrs, losses = lrs[skip_begin:len(lrs) - skip_end], losses[skip_begin:len(losses) - skip_end]
+    keep = np.isfinite(losses)
+    return lrs[keep], losses[keep]
+
+
+def gradient(lrs: np.ndarray, losses: np.ndarray, num_steps: int | None = None, *,
+             skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """Lightning 2.0-2.5's suggestion: the steepest descent of the loss *per sweep step*
+    (``np.gradient(losses)``), after skipping `skip_begin` points at the start and `skip_end`
+    at the end. On an exponential sweep this equals steepest descent per log-LR."""
+    lrs, losses = _lightning_window(lrs, losses, skip_begin, skip_end)
     if len(losses) < 2:
         _too_few("gradient", len(losses), 2)
         return None
     return float(lrs[int(np.argmin(np.gradient(losses)))])
+
+
+def gradient_lr(lrs: np.ndarray, losses: np.ndarray, num_steps: int | None = None, *,
+                skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """Lightning 2.6's suggestion: the steepest descent of the loss *per unit of LR*
+    (``torch.gradient(losses, spacing=[lrs])``), same window as `gradient`.
+
+    On an exponential sweep, dividing by the LR step favours the smallest LRs of the window, so
+    this usually lands far lower than `gradient`.
+    """
+    lrs, losses = _lightning_window(lrs, losses, skip_begin, skip_end)
+    if len(losses) < 2:
+        _too_few("gradient_lr", len(losses), 2)
+        return None
+    return float(lrs[int(np.argmin(np.gradient(losses, lrs)))])
 
 
 SUGGESTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {
@@ -202,14 +239,18 @@ SUGGESTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float | None]] = {
     "minimum": minimum,
     "steep": steep,
     "gradient": gradient,
+    "gradient_lr": gradient_lr,
 }
+DEFAULT_METHOD = "valley"
 
 
-def suggest(lrs: np.ndarray, smoothed: np.ndarray,
+def suggest(lrs: np.ndarray, smoothed: np.ndarray, num_steps: int | None = None,
             quiet: bool = False, warn_for: str | None = None) -> dict[str, float | None]:
     """Every suggestion on a (smoothed) loss curve, cut at `useful_end`.
 
-    With `quiet`, "too few points" warnings are silenced except for the method `warn_for`.
+    `num_steps` is the planned sweep length (fastai skips its first tenth); default: the
+    recorded length. With `quiet`, "too few points" warnings are silenced except for the
+    method `warn_for`.
     """
     end = useful_end(smoothed)
     lrs, smoothed = np.asarray(lrs)[:end], np.asarray(smoothed)[:end]
@@ -218,7 +259,7 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray,
         with warnings.catch_warnings():
             if quiet and name != warn_for:
                 warnings.simplefilter("ignore", RuntimeWarning)
-            out[name] = fn(lrs, smoothed)
+            out[name] = fn(lrs, smoothed, num_steps)
     return out
 
 
@@ -234,8 +275,9 @@ class LRFinderResult:
       suggestion: the chosen method's LR (None if it had too few points).
       suggestions: every method's LR: valley, slide, minimum, steep (fastai), gradient
         (Lightning).
-      stopped_at: index of the step that stopped the sweep (divergence or non-finite loss),
-        or None if the sweep ran to `max_lr`.
+      stopped_at: index of the step that stopped the sweep (divergence or non-finite loss;
+        that step is the last one recorded), or None if the sweep ran to `max_lr`.
+      num_steps: the planned sweep length (None: the recorded length).
     """
 
     lrs: np.ndarray
@@ -245,22 +287,28 @@ class LRFinderResult:
     suggestion: float | None
     suggestions: dict[str, float | None]
     stopped_at: int | None = None
+    num_steps: int | None = None
 
     @classmethod
     def from_losses(cls, lrs: np.ndarray, losses: np.ndarray, *, smoothing: float = 0.98,
-                    diverge_threshold: float = 4.0, method: str = "valley") -> LRFinderResult:
-        """Applies smoothing and the stop rule to a full sweep, then every suggestion."""
+                    diverge_threshold: float = 4.0, method: str = DEFAULT_METHOD,
+                    num_steps: int | None = None) -> LRFinderResult:
+        """Applies smoothing and the stop rule to a sweep, then every suggestion.
+
+        `num_steps` is the planned sweep length when `losses` stopped early (fastai's window
+        skips a tenth of the planned steps); default ``len(losses)``.
+        """
         if method not in SUGGESTIONS:
             raise ValueError(f"suggestion must be one of {list(SUGGESTIONS)}, got {method!r}")
         lrs, losses = np.asarray(lrs, np.float64), np.asarray(losses, np.float64)
         smoothed = smooth(losses, smoothing)
         stop = stop_index(losses, smoothed, diverge_threshold)
-        if stop is not None:
-            keep = stop if not np.isfinite(losses[stop]) else stop + 1
-            lrs, losses, smoothed = lrs[:keep], losses[:keep], smoothed[:keep]
-        everything = suggest(lrs, smoothed, quiet=True, warn_for=method)
+        if stop is not None:  # the stopping step stays, a non-finite one too (as in fastai)
+            lrs, losses, smoothed = lrs[:stop + 1], losses[:stop + 1], smoothed[:stop + 1]
+        everything = suggest(lrs, smoothed, num_steps, quiet=True, warn_for=method)
         return cls(lrs=lrs, losses=losses, smoothed_losses=smoothed, method=method,
-                   suggestion=everything[method], suggestions=everything, stopped_at=stop)
+                   suggestion=everything[method], suggestions=everything, stopped_at=stop,
+                   num_steps=num_steps)
 
     def loss_at(self, lr: float) -> float:
         """Smoothed loss at the sweep step closest to `lr` (in log space)."""
@@ -273,27 +321,22 @@ class LRFinderResult:
         Returns the matplotlib figure. Saves a PNG when `path` is given; draws into `ax`
         when one is given.
         """
-        import matplotlib
+        from flax_lr_callbacks import plotting
 
-        if ax is None and path is not None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = None
         if ax is None:
-            fig, ax = plt.subplots(figsize=(7, 4))
+            fig, ax = plotting.new_figure(figsize=(7, 4))
         else:
             fig = ax.figure
         ax.plot(self.lrs, self.losses, color="0.8", lw=1, label="loss")
         ax.plot(self.lrs, self.smoothed_losses, color="C0", lw=2, label="smoothed loss")
-        markers = {"valley": "o", "slide": "s", "minimum": "v", "steep": "^", "gradient": "D"}
-        for name, lr in self.suggestions.items():
+        symbols = "osv^Dph*"
+        for i, (name, lr) in enumerate(self.suggestions.items()):
             if lr is None:
                 continue
-            style = dict(ms=9, mfc="none", mew=2) if name != self.method else dict(ms=11, mew=2)
-            ax.plot([lr], [self.loss_at(lr)], markers[name], color=f"C{1 + list(markers).index(name)}",
-                    label=f"{name}: {lr:.2e}" + (" (chosen)" if name == self.method else ""),
-                    **style)
+            chosen = name == self.method
+            style = dict(ms=11, mew=2) if chosen else dict(ms=9, mfc="none", mew=2)
+            ax.plot([lr], [self.loss_at(lr)], symbols[i % len(symbols)], color=f"C{1 + i}",
+                    label=f"{name}: {lr:.2e}" + (" (chosen)" if chosen else ""), **style)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("training loss")
@@ -307,7 +350,5 @@ class LRFinderResult:
             ax.set_ylim(low - 0.05 * abs(low), top * 1.05)
         ax.legend(fontsize=8)
         if path is not None:
-            os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
-            fig.tight_layout()
-            fig.savefig(path, dpi=120)
+            plotting.save(fig, path)
         return fig

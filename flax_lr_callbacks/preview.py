@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_lr_callbacks.callbacks._util import waiting_for_peak
 from flax_lr_callbacks.callbacks.base import (Callback, RunPlan, StepContext, apply_rules,
                                               check_setters)
 
@@ -37,6 +39,22 @@ def planned_values(callbacks: Sequence[Callback], total_steps: int, steps_per_ep
     if total_steps < 1 or steps_per_epoch < 1:
         raise ValueError(f"need total_steps >= 1 and steps_per_epoch >= 1, got "
                          f"{total_steps=}, {steps_per_epoch=}")
+    waiting = waiting_for_peak(callbacks)
+    if waiting:
+        warnings.warn(
+            f"preview: {', '.join(map(repr, waiting))} take their peak from an LRFinder, which "
+            "only runs in a fit; drawn with a placeholder peak of 1.0 (values are fractions "
+            "of the peak the finder will set)", UserWarning, stacklevel=2)
+    for cb in waiting:
+        cb._peak_from_finder = 1.0
+    try:
+        return _planned(callbacks, total_steps, steps_per_epoch, hparams)
+    finally:
+        for cb in waiting:
+            cb._peak_from_finder = None
+
+
+def _planned(callbacks, total_steps, steps_per_epoch, hparams):
     base = _base_hparams(hparams)
     plan = RunPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     for cb in callbacks:
@@ -95,16 +113,13 @@ def preview(callbacks: Sequence[Callback], steps_per_epoch: int, max_epochs: int
 def plot_values(values: Mapping[str, np.ndarray], path: str | os.PathLike,
                 steps_per_epoch: int | None = None) -> None:
     """Draws LR (top) and momentum-like values (bottom) against the step into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from flax_lr_callbacks import plotting
 
     lr_keys = [k for k in values if k.split("/")[0] == "learning_rate"]
     other = [k for k in values if k.split("/")[0] in ("momentum", "b1")]
     panels = [lr_keys] + ([other] if other else [])
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True,
-                             squeeze=False)
+    fig, axes = plotting.new_figure(len(panels), 1, figsize=(7, 2.6 * len(panels)), sharex=True)
+    axes = np.asarray(axes).reshape(len(panels), 1)
     for ax, keys in zip(axes[:, 0], panels):
         for k in keys:
             ax.plot(np.arange(len(values[k])), values[k], label=k)
@@ -114,6 +129,4 @@ def plot_values(values: Mapping[str, np.ndarray], path: str | os.PathLike,
             for e in range(steps_per_epoch, len(values[keys[0]]), steps_per_epoch):
                 ax.axvline(e, color="0.85", lw=0.6, zorder=0)
     axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plotting.save(fig, path)

@@ -104,7 +104,7 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
         bar.close()
     return finder.LRFinderResult.from_losses(
         lrs[:len(losses)], np.asarray(losses), smoothing=smoothing,
-        diverge_threshold=diverge_threshold, method=suggestion)
+        diverge_threshold=diverge_threshold, method=suggestion, num_steps=num_steps)
 
 
 def validate_args(min_lr: float, max_lr: float, num_steps: int, mode: str, smoothing: float,

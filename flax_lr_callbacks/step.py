@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
-from flax_lr_callbacks.callbacks.base import Callback, StepContext, apply_rules, hparam_key
+from flax_lr_callbacks.callbacks.base import (Callback, StepContext, apply_rules,
+                                              check_setters, hparam_key)
 
 __all__ = ["TrainerState", "LossFn", "step_context", "train_step", "fused_steps", "record",
            "empty_buffer", "eval_sums"]
@@ -53,6 +54,29 @@ class LossFn:
                 raise TypeError("loss_fn must return loss or (loss, {name: scalar})")
             return out
         return out, {}
+
+
+def init_rule_state(callbacks: Sequence[Callback], opt_state: Any, plan: Any
+                    ) -> tuple[hp_lib.Hyperparams, tuple]:
+    """Configures and checks `callbacks` against `opt_state`; returns fresh float32 copies of
+    the base hyperparameters and each callback's initial device state.
+
+    Shared by the Trainer and the drop-in `LRCallbacks`. The copies never alias `opt_state`
+    (a donating step must not free the caller's arrays).
+    """
+    base = hp_lib.get_hyperparams(opt_state)
+    for cb in callbacks:
+        cb.configure(base)
+    for cb in callbacks:
+        names = tuple(cb.sets) + tuple(cb.scales)
+        if names:
+            hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
+    check_setters(callbacks, base)
+    base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}
+            for g, d in base.items()}
+    states = tuple(jax.tree_util.tree_map(jnp.asarray, cb.init_state(plan, base))
+                   for cb in callbacks)
+    return base, states
 
 
 def bound(state: Any, fn: Any) -> Any:

@@ -30,8 +30,8 @@ import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
-from flax_lr_callbacks.callbacks.base import Callback, check_setters
-from flax_lr_callbacks.finder import LRFinderResult
+from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 from flax_lr_callbacks.step import TrainerState
 
 __all__ = ["Trainer", "TrainerState"]
@@ -136,6 +136,7 @@ class Trainer:
         self.last_dispatch_steps = 1  # steps run by the latest dispatch (hooks see them at once)
         self.seed = seed
         self.eval_fn = eval_fn
+        self.enable_progress_bar = enable_progress_bar
 
         # Host counters and results, readable by callbacks.
         self.global_step = 0
@@ -197,29 +198,13 @@ class Trainer:
             raise ValueError(f"train_data is empty (len(train_data)={n})")
         return n
 
-    def _check_callbacks(self, opt_state: Any, hparams: hp_lib.Hyperparams) -> None:
-        for cb in self.callbacks:
-            names = tuple(cb.sets) + tuple(cb.scales)
-            if names:
-                hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
-        check_setters(self.callbacks, hparams)
-
     def init_trainer_state(self, state: Any, steps_per_epoch: int, total_steps: int,
                            first_batch: Any) -> TrainerState:
         """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
-        base = hp_lib.get_hyperparams(state.opt_state)
-        for cb in self.callbacks:
-            cb.configure(base)
-        self._check_callbacks(state.opt_state, base)
+        base, cb_states = step_lib.init_rule_state(self.callbacks, state.opt_state, self)
         # The step donates its whole input, so nothing in it may alias the caller's arrays
-        # (or another leaf of the input): copy the state and, separately, the base values.
+        # (or another leaf of the input): copy the state (base values are fresh copies).
         state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
-        base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}
-                for g, d in base.items()}
-        cb_states = tuple(
-            jax.tree_util.tree_map(jnp.asarray, cb.init_state(self, base))
-            for cb in self.callbacks
-        )
         ts = TrainerState(
             train_state=state,
             base_hparams=base,
@@ -451,7 +436,8 @@ class Trainer:
                 max_lr: float = 10.0, num_steps: int = 100,
                 mode: Literal["exponential", "linear"] = "exponential",
                 smoothing: float = 0.98, diverge_threshold: float = 4.0,
-                suggestion: str = "valley", progress: bool = True) -> LRFinderResult:
+                suggestion: str = DEFAULT_METHOD, progress: bool | None = None
+                ) -> LRFinderResult:
         """Leslie Smith's LR range test on a copy of `state`; returns an `LRFinderResult`.
 
         Trains for up to `num_steps` steps while the LR sweeps from `min_lr` to `max_lr`
@@ -470,18 +456,27 @@ class Trainer:
           mode: ``"exponential"`` (default) or ``"linear"`` spacing.
           smoothing: EMA factor in [0, 1) for the smoothed loss. Default 0.98.
           diverge_threshold: stop when smoothed loss > this x best (> 1). Default 4.
-          suggestion: ``"valley"`` (fastai default), ``"slide"``, ``"minimum"``,
-            ``"steep"`` or ``"gradient"`` (Lightning).
-          progress: show a progress bar.
+          suggestion: which of `finder.SUGGESTIONS` becomes ``result.suggestion``; the
+            default is `finder.DEFAULT_METHOD` (see `flax_lr_callbacks.finder`).
+          progress: show a progress bar; default: the Trainer's `enable_progress_bar`.
+
+        With a logger, the plot is logged as the ``lr_finder`` figure and the suggestion as
+        the ``lr_finder/suggestion`` scalar (step 0).
         """
         from flax_lr_callbacks import range_test
 
         range_test.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
                                  diverge_threshold, suggestion)
-        return range_test.run(self, state, train_data, min_lr=min_lr, max_lr=max_lr,
-                              num_steps=num_steps, mode=mode, smoothing=smoothing,
-                              diverge_threshold=diverge_threshold, suggestion=suggestion,
-                              progress=progress)
+        result = range_test.run(
+            self, state, train_data, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps,
+            mode=mode, smoothing=smoothing, diverge_threshold=diverge_threshold,
+            suggestion=suggestion,
+            progress=self.enable_progress_bar if progress is None else progress)
+        if self.logger is not None:
+            if result.suggestion is not None:
+                self.logger.log_metrics({"lr_finder/suggestion": result.suggestion}, step=0)
+            self.logger.log_figure("lr_finder", result.plot(), step=0)
+        return result
 
     def validate(self, state: Any, val_data: Any) -> dict[str, float]:
         """Returns ``{"val_loss": ..., "val_<metric>": ...}`` averaged over all examples.

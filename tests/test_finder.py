@@ -99,7 +99,7 @@ def test_suggestions_ignore_a_dead_network_tail():
 
 def test_too_few_points_warn_and_return_none():
     """With too few finite points every suggestion warns and returns None."""
-    losses = np.array([1.0, 0.9, np.nan] + [1.0] * 10)
+    losses = np.array([1.0] + [np.nan] * 12)  # only the first step is finite
     lrs = np.geomspace(1e-3, 1, len(losses))
     for name, fn in finder.SUGGESTIONS.items():
         with pytest.warns(RuntimeWarning, match=f"{name} suggestion needs at least"):
@@ -107,13 +107,39 @@ def test_too_few_points_warn_and_return_none():
 
 
 def test_result_from_losses_cuts_at_divergence():
-    """from_losses keeps the diverging step, drops a non-finite one, records where it stopped."""
+    """from_losses keeps the stopping step (a non-finite one too) and records where it stopped."""
     raw = np.concatenate([np.linspace(2, 1, 40), [5.0, 50.0]])
     lrs = np.geomspace(1e-4, 1, len(raw))
     r = finder.LRFinderResult.from_losses(lrs, raw, smoothing=0.0)
     assert r.stopped_at == 40 and len(r.lrs) == 41
+    raw[40] = np.nan
+    r = finder.LRFinderResult.from_losses(lrs, raw, smoothing=0.0)
+    assert r.stopped_at == 40 and len(r.lrs) == 41 and np.isnan(r.losses[-1])
     with pytest.raises(ValueError, match=r"suggestion must be one of \['valley', 'slide'"):
         finder.LRFinderResult.from_losses(lrs, raw, method="best")
+
+
+def test_nan_tail_trimmed_like_fastai():
+    """fastai takes its window (skip num_steps // 10, drop the last 5) before the NaN cut, so
+    a sweep that ended in NaN loses the NaN step and 4 finite points, not 5 more."""
+    lrs = np.geomspace(1e-6, 1, 100)
+    losses = np.linspace(3.0, 1.0, 60)  # still falling when it blew up at step 60
+    losses = np.concatenate([losses, [np.nan]])
+    got = finder.minimum(lrs[:61], losses, num_steps=100)
+    # window: [10, 56) -> lowest loss at index 55
+    assert got == pytest.approx(lrs[55] / 10)
+    # the planned length sets the skip at the start, as fastai's num_it // 10
+    assert finder._window(lrs[:61], losses, 100)[0][0] == lrs[10]
+    assert finder._window(lrs[:61], losses)[0][0] == lrs[6]
+
+
+def test_lightning_gradient_variants():
+    """gradient differentiates per sweep step (Lightning 2.0-2.5), gradient_lr per unit of LR
+    (Lightning 2.6); on an exponential sweep the latter favours the low end."""
+    x = np.log10(LRS)
+    drop = 2.0 - 1.0 / (1.0 + np.exp(-(x + 3.0) * 8))  # steepest per log-LR at 1e-3
+    assert finder.gradient(LRS, drop) == pytest.approx(1e-3, rel=0.15)
+    assert finder.gradient_lr(LRS, drop) < finder.gradient(LRS, drop)
 
 
 # ----------------------------------------------------------------------------- compiled sweep

@@ -150,3 +150,14 @@ class PeakFromFinder:
                 f"nothing set it; put LRFinder() before it in callbacks, or pass "
                 f"{self.peak_arg}=<float>"
             )
+
+
+def waiting_for_peak(callbacks: Sequence[Any]) -> list[Any]:
+    """The schedules among `callbacks` (children of composites included) whose peak is None
+    and must come from an LR finder."""
+    out = []
+    for cb in callbacks:
+        if isinstance(cb, PeakFromFinder) and cb.peak_required and cb.peak() is None:
+            out.append(cb)
+        out += waiting_for_peak(getattr(cb, "children", ()))
+    return out

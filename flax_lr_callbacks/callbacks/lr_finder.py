@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from flax_lr_callbacks.callbacks._util import waiting_for_peak
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.finder import LRFinderResult
 
@@ -74,13 +75,24 @@ class LRFinder(Callback):
             return  # the result and the peak it set were restored from the checkpoint
         self.result = trainer.lr_find(state, trainer.train_data, **self.kwargs)
         lr = self.result.suggestion
-        self._report(trainer)
-        if lr is None:
-            warnings.warn("LRFinder: no suggestion (too few points); the schedule keeps its own "
-                          "peak. Sweep more steps or a wider range.", RuntimeWarning,
-                          stacklevel=2)
-            return
+        self._save_plot(trainer)
         target = self._target(trainer)
+        if lr is None:
+            r = self.result
+            why = (f"the {r.method!r} suggestion had too few points: the sweep recorded "
+                   f"{len(r.lrs)} of {self.kwargs['num_steps']} steps"
+                   + (f" and stopped at step {r.stopped_at} (divergence)"
+                      if r.stopped_at is not None else ""))
+            if target is not None and waiting_for_peak([target]):
+                raise ValueError(
+                    f"LRFinder found no learning rate for {target!r}: {why}. Sweep more steps "
+                    "(num_steps) or a wider range (min_lr, max_lr), or give the schedule its "
+                    "peak explicitly")
+            warnings.warn(f"LRFinder: no suggestion ({why}); "
+                          + ("the schedule keeps its own peak." if target is not None else
+                             "the optimizer keeps its learning rate."),
+                          RuntimeWarning, stacklevel=2)
+            return
         if target is not None:
             target.set_peak(trainer, lr)
         else:
@@ -89,30 +101,22 @@ class LRFinder(Callback):
         log.info("LRFinder: suggestion (%s) %.3g applied to %s", self.result.method, lr,
                  target if target is not None else "the optimizer's learning_rate")
 
-    def _report(self, trainer: Any) -> None:
-        logger = trainer.logger
+    def _save_plot(self, trainer: Any) -> None:
+        """The PNG (the figure and scalar went to the logger in `Trainer.lr_find`)."""
         path = self.plot_path
         if path == "auto":
-            folder = getattr(logger, "log_dir", None)
+            folder = getattr(trainer.logger, "log_dir", None)
             path = Path(folder) / "lr_finder.png" if folder else None
-        if path is None and logger is None:
-            return
-        fig = self.result.plot(path=path)
-        if logger is not None:
-            if self.result.suggestion is not None:
-                logger.log_metrics({"lr_finder/suggestion": self.result.suggestion}, step=0)
-            logger.log_figure("lr_finder", fig, step=0)
-        else:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+        if path is not None:
+            self.result.plot(path=path)
 
     def state_dict(self) -> dict[str, Any]:
         if self.result is None:
             return {}
         r = self.result
         return {"lrs": r.lrs.tolist(), "losses": r.losses.tolist(), "applied_lr": self.applied_lr,
-                "method": r.method, "smoothing": self.kwargs["smoothing"],
+                "method": r.method, "num_steps": r.num_steps,
+                "smoothing": self.kwargs["smoothing"],
                 "diverge_threshold": self.kwargs["diverge_threshold"]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -121,7 +125,7 @@ class LRFinder(Callback):
         self.result = LRFinderResult.from_losses(
             np.asarray(state_dict["lrs"]), np.asarray(state_dict["losses"]),
             smoothing=state_dict["smoothing"], diverge_threshold=state_dict["diverge_threshold"],
-            method=state_dict["method"])
+            method=state_dict["method"], num_steps=state_dict.get("num_steps"))
         self.applied_lr = state_dict["applied_lr"]
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 __all__ = ["TensorBoardLogger"]
 
@@ -115,10 +116,21 @@ class TensorBoardLogger:
         self._submit(write)
 
     def log_figure(self, tag: str, figure: Any, step: int = 0) -> None:
-        """Adds a matplotlib figure as an image."""
+        """Adds a matplotlib figure as an image.
+
+        The figure is rendered here, in the caller's thread: matplotlib's text layout is not
+        thread-safe, and the caller may draw another figure while the writer works.
+        """
         if not self._is_writer_process():
             return
-        self._submit(lambda: self.writer.add_figure(tag, figure, global_step=step, close=True))
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else (
+            FigureCanvasAgg(figure))
+        canvas.draw()
+        image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        self._submit(lambda: self.writer.add_image(tag, image, global_step=step,
+                                                   dataformats="HWC"))
 
     def finalize(self) -> None:
         """Writes what is queued, then flushes and closes; a later log call opens a new file."""
