@@ -25,7 +25,7 @@ from flax.training.train_state import TrainState
 from flax_lr_callbacks import (ArrayDataset, LearningRateMonitor, LRFinder, LRSchedule,
                                ModelCheckpoint, OneCycle, TensorBoardLogger, Trainer,
                                injectable, load_fashion_mnist)
-from flax_lr_callbacks.finder import SUGGESTIONS
+from flax_lr_callbacks.finder import DEFAULT_METHOD, SUGGESTIONS
 from flax_lr_callbacks.data import as_batches
 
 
@@ -72,22 +72,17 @@ SCHEDULES = ("onecycle", "cosine", "warmup_cosine", "piecewise", "exponential", 
 
 
 def plot_lr(monitor: LearningRateMonitor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from flax_lr_callbacks.plotting import new_figure, save
 
     if "lr" not in monitor.history:
         return  # a resumed run that had nothing left to train
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = new_figure(figsize=(6, 3.2))
     steps, values = monitor.history["lr"]
     ax.plot(steps, values)
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
     ax.set_title("Applied learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -106,7 +101,7 @@ def main(argv=None) -> dict:
                    help="continue the run saved in --ckpt-dir (after a crash or Ctrl-C)")
     p.add_argument("--lr-find", action="store_true",
                    help="run the LR range test first and use its suggestion as OneCycle's peak")
-    p.add_argument("--suggestion", choices=list(SUGGESTIONS), default="valley",
+    p.add_argument("--suggestion", choices=list(SUGGESTIONS), default=DEFAULT_METHOD,
                    help="which finder suggestion to use with --lr-find")
     args = p.parse_args(argv)
 
@@ -156,9 +151,13 @@ def main(argv=None) -> dict:
     if args.lr_find:
         result["lr_suggestion"] = finder.applied_lr
         result["suggestions"] = finder.result.suggestions
-        print(f"LR finder: {args.suggestion} suggestion {finder.applied_lr:.3g} "
-              f"(all: {', '.join(f'{k}={v:.3g}' for k, v in finder.result.suggestions.items() if v)})"
-              f"; plot: {run_dir / 'lr_finder.png'}")
+        result["finder_seconds"] = finder.result.seconds
+        others = ", ".join(f"{k}={v:.3g}" for k, v in finder.result.suggestions.items() if v)
+        print(f"LR finder: {args.suggestion} suggestion {finder.applied_lr:.3g} (all: {others}); "
+              f"sweep {len(finder.result.lrs)} steps in {finder.result.seconds:.1f} s = "
+              f"{finder.result.seconds / (seconds - finder.result.seconds):.1%} of the training "
+              "after it; "
+              f"plot: {run_dir / 'lr_finder.png'}")
     print(f"schedule={result['schedule']} steps={result['steps']} "
           f"test_accuracy={result['test_accuracy']:.4f} test_loss={result['test_loss']:.4f} "
           f"steps/s={result['steps_per_second']:.1f} (compile included) "

@@ -14,7 +14,9 @@ any model big enough to need a range test.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from typing import Any
 
 import jax
@@ -64,6 +66,7 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
         mode: str, smoothing: float, diverge_threshold: float, suggestion: str,
         progress: bool = True) -> finder.LRFinderResult:
     """Sweeps the LR over `num_steps` compiled training steps and returns the result."""
+    start = time.perf_counter()
     lrs = finder.sweep_lrs(min_lr, max_lr, num_steps, mode)
     hp_lib.check_targets(state.opt_state, ["learning_rate"], owner="lr_find")
     groups = [g for g, d in hp_lib.get_hyperparams(state.opt_state).items()
@@ -102,9 +105,10 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
                     break
     finally:
         bar.close()
-    return finder.LRFinderResult.from_losses(
+    result = finder.LRFinderResult.from_losses(
         lrs[:len(losses)], np.asarray(losses), smoothing=smoothing,
         diverge_threshold=diverge_threshold, method=suggestion, num_steps=num_steps)
+    return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
 
 def validate_args(min_lr: float, max_lr: float, num_steps: int, mode: str, smoothing: float,

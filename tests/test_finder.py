@@ -57,6 +57,33 @@ def test_minimum_and_steep_on_known_curve():
     assert finder.gradient(LRS, drop) == pytest.approx(1e-3, rel=0.15)
 
 
+def test_peak_is_the_larger_of_steepest_and_edge_over_three():
+    """peak = max(steepest descent per step, LR at the smoothed minimum / 3)."""
+    x = np.log10(LRS)
+    # Falls fastest at 1e-4, keeps falling slowly to its minimum at 1e-1, then rises.
+    losses = 3.0 - 1.0 / (1.0 + np.exp(-(x + 4.0) * 6)) - 0.1 * (x + 5) + 2.0 * np.maximum(
+        0, x + 1) ** 2
+    edge = LRS[int(np.argmin(losses))]
+    assert edge == pytest.approx(0.1, rel=0.15)
+    assert finder.steep(LRS, losses) == pytest.approx(1e-4, rel=0.15)
+    assert finder.peak(LRS, losses) == pytest.approx(edge / finder.EDGE_DIVISOR)
+    # When the steepest point lies above edge / 4, it is the answer.
+    sharp = 2.0 - 1.0 / (1.0 + np.exp(-(x + 1.5) * 8)) + 3.0 * np.maximum(0, x + 1.2) ** 2
+    steepest = LRS[int(np.argmin(np.gradient(sharp[10:]))) + 10]
+    assert finder.peak(LRS, sharp) == pytest.approx(steepest)
+    assert steepest > LRS[int(np.argmin(sharp))] / finder.EDGE_DIVISOR
+
+
+def test_peak_is_the_default_and_keeps_the_last_points():
+    """The default method is peak; unlike fastai's window it sees the last 5 points, where the
+    smoothed minimum of a sweep that stopped often sits."""
+    assert finder.DEFAULT_METHOD == "peak" and LRFinder().kwargs["suggestion"] == "peak"
+    losses = np.linspace(3.0, 1.0, 60)  # still falling when the sweep stopped
+    lrs = LRS[:60]
+    assert finder.peak(lrs, losses, num_steps=100) == pytest.approx(lrs[-1] / 3)
+    assert finder.minimum(lrs, losses, num_steps=100) == pytest.approx(lrs[-6] / 10)
+
+
 def test_valley_lies_in_the_longest_descent():
     """valley picks a point about 2/3 down the longest decreasing stretch."""
     losses = bowl()
@@ -115,7 +142,7 @@ def test_result_from_losses_cuts_at_divergence():
     raw[40] = np.nan
     r = finder.LRFinderResult.from_losses(lrs, raw, smoothing=0.0)
     assert r.stopped_at == 40 and len(r.lrs) == 41 and np.isnan(r.losses[-1])
-    with pytest.raises(ValueError, match=r"suggestion must be one of \['valley', 'slide'"):
+    with pytest.raises(ValueError, match=r"suggestion must be one of \['peak', 'valley', 'slide'"):
         finder.LRFinderResult.from_losses(lrs, raw, method="best")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from flax_lr_callbacks.callbacks._util import waiting_for_peak
 from flax_lr_callbacks.callbacks.base import Callback
-from flax_lr_callbacks.finder import LRFinderResult
+from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 
 __all__ = ["LRFinder"]
 
@@ -32,7 +32,10 @@ class LRFinder(Callback):
 
     Args:
       min_lr, max_lr, num_steps, mode, smoothing, diverge_threshold, suggestion: as
-        `Trainer.lr_find` (defaults 1e-7, 10, 100, "exponential", 0.98, 4.0, "valley").
+        `Trainer.lr_find` (defaults 1e-7, 10, 100, "exponential", 0.98, 4.0, "peak").
+        ``"peak"`` (`finder.peak`) is calibrated for a OneCycle peak; the fastai
+        (``valley``, ``slide``, ``minimum``, ``steep``) and Lightning (``gradient``,
+        ``gradient_lr``) rules are there by name.
       apply_to: the callback that receives the suggestion; default: the first one after this
         callback that takes a peak.
       plot_path: PNG path; ``"auto"`` (default) writes ``lr_finder.png`` into the logger's
@@ -49,7 +52,7 @@ class LRFinder(Callback):
     def __init__(self, min_lr: float = 1e-7, max_lr: float = 10.0, num_steps: int = 100,
                  mode: Literal["exponential", "linear"] = "exponential",
                  smoothing: float = 0.98, diverge_threshold: float = 4.0,
-                 suggestion: str = "valley", *, apply_to: Callback | None = None,
+                 suggestion: str = DEFAULT_METHOD, *, apply_to: Callback | None = None,
                  plot_path: str | os.PathLike | None = "auto"):
         from flax_lr_callbacks.range_test import validate_args
 
@@ -98,8 +101,10 @@ class LRFinder(Callback):
         else:
             trainer.set_base_hyperparam("learning_rate", lr)
         self.applied_lr = lr
-        log.info("LRFinder: suggestion (%s) %.3g applied to %s", self.result.method, lr,
-                 target if target is not None else "the optimizer's learning_rate")
+        log.info("LRFinder: %s suggestion %.3g applied to %s (swept %d steps in %.1f s)",
+                 self.result.method, lr,
+                 target if target is not None else "the optimizer's learning_rate",
+                 len(self.result.lrs), self.result.seconds or 0.0)
 
     def _save_plot(self, trainer: Any) -> None:
         """The PNG (the figure and scalar went to the logger in `Trainer.lr_find`)."""
