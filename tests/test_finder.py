@@ -300,3 +300,50 @@ def test_result_warns_only_for_the_chosen_method():
     messages = [str(w.message) for w in record]
     assert len(messages) == 1 and "steep suggestion" in messages[0]
     assert r.suggestion is None
+
+
+# ----------------------------------------------------------------------------- user-facing
+def test_lr_find_logs_figure_and_suggestion(tmp_path):
+    """trainer.lr_find with a logger writes the lr_finder image and the suggestion scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = Trainer(loss_fn, enable_progress_bar=False, logger=TensorBoardLogger(tmp_path))
+    result = trainer.lr_find(make_state(), sweep_data(), num_steps=30)
+    trainer.logger.finalize()
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    assert "lr_finder" in acc.Tags()["images"]
+    logged = acc.Scalars("lr_finder/suggestion")[0].value
+    assert logged == pytest.approx(result.suggestion, rel=1e-6)
+    assert result.seconds is not None and result.seconds > 0
+
+
+def test_sweep_progress_bar_follows_the_trainer(capsys):
+    """enable_progress_bar=False silences the sweep's bar; True shows it."""
+    Trainer(loss_fn, enable_progress_bar=False).lr_find(make_state(), sweep_data(), num_steps=20)
+    assert "LR finder" not in capsys.readouterr().err
+    Trainer(loss_fn).lr_find(make_state(), sweep_data(), num_steps=20)
+    assert "LR finder" in capsys.readouterr().err
+
+
+def test_preview_of_a_schedule_waiting_for_the_finder_warns():
+    """preview draws a finder-set peak as 1.0 with a warning instead of returning NaN."""
+    from flax_lr_callbacks import preview
+
+    cb = OneCycle(max_lr=None)
+    with pytest.warns(UserWarning, match=r"take their peak from an LRFinder"):
+        curves = preview([Warmup(cb, warmup_steps=5)], steps_per_epoch=10, max_epochs=2)
+    assert np.isfinite(curves["learning_rate"]).all()
+    assert curves["learning_rate"].max() == pytest.approx(1.0, rel=0.01)
+    assert cb.peak() is None  # the placeholder does not stick
+
+
+def test_no_suggestion_for_a_waiting_schedule_says_why():
+    """When the sweep yields no suggestion, the error names the finder, not 'put LRFinder
+    first'."""
+    trainer = Trainer(loss_fn, enable_progress_bar=False, max_epochs=1,
+                      callbacks=[LRFinder(num_steps=3, plot_path=None), OneCycle(max_lr=None)])
+    with pytest.warns(RuntimeWarning, match="needs at least"):
+        with pytest.raises(ValueError, match=r"LRFinder found no learning rate for OneCycle.*"
+                                             r"recorded 3 of 3 steps"):
+            trainer.fit(make_state(), sweep_data())
