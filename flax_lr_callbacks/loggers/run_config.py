@@ -15,6 +15,7 @@ import inspect
 from typing import Any
 
 import jax
+import numpy as np
 
 __all__ = ["run_config", "final_metrics"]
 
@@ -126,7 +127,9 @@ def run_config(trainer: Any) -> dict[str, int | float | str | bool]:
         base = jax.device_get(trainer.trainer_state.base_hparams)
     for g, names in base.items():
         for n, v in names.items():
-            config[f"optimizer/{n}" if g == DEFAULT_GROUP else f"optimizer/{g}/{n}"] = float(v)
+            # the shortest decimal that is this float32 (0.1, not 0.10000000149011612)
+            config[f"optimizer/{n}" if g == DEFAULT_GROUP else f"optimizer/{g}/{n}"] = float(
+                str(np.float32(v)))
     peak = _peak_lr(trainer.callbacks)
     if peak is None:
         peak = config.get("optimizer/learning_rate")
