@@ -80,7 +80,7 @@ SCHEDULES = ("onecycle", "cosine", "warmup_cosine", "piecewise", "exponential", 
 
 
 def plot_lr(monitor: LearningRateMonitor, path: Path) -> None:
-    from flax_lr_callbacks.plotting import new_figure, save
+    from flax_lr_callbacks.plotting import new_figure, save  # never switches the backend
 
     if "lr" not in monitor.history:
         return  # a resumed run that had nothing left to train
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
     name = f"lr_find_{args.suggestion}_onecycle" if args.lr_find else args.schedule
-    run_dir = Path(args.logdir) / name
+    logger = TensorBoardLogger(args.logdir, name=name)  # runs/fashion_mnist/<name>/version_N
     monitor = LearningRateMonitor()
     if args.resume and not args.ckpt_dir:
         p.error("--resume needs --ckpt-dir")
@@ -139,12 +139,13 @@ def main(argv=None) -> dict:
     trainer = Trainer(
         make_loss_fn(model), max_epochs=args.epochs, max_steps=steps, log_every_n_steps=20,
         callbacks=[*schedule_callbacks, monitor, *checkpoints],
-        logger=TensorBoardLogger(run_dir), seed=args.seed,
+        logger=logger, seed=args.seed,
     )
     start = time.perf_counter()
     state = trainer.fit(state, train, test, resume_from="latest" if args.resume else None)
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
+    run_dir = Path(logger.log_dir)
     result = {
         "schedule": name,
         "steps": trainer.global_step,

@@ -25,6 +25,8 @@ from flax_lr_callbacks.hyperparams import get_hyperparams
 from flax_lr_callbacks.hyperparams import injectable
 from flax_lr_callbacks.hyperparams import set_hyperparam
 from flax_lr_callbacks.hyperparams import set_hyperparams
+from flax_lr_callbacks.loggers.base import LoggerCollection
+from flax_lr_callbacks.loggers.csv_logs import CSVLogger
 from flax_lr_callbacks.loggers.tensorboard import TensorBoardLogger
 from flax_lr_callbacks.nnx_state import NNXTrainState
 from flax_lr_callbacks.preview import preview
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayDataset",
     "Callback",
+    "CSVLogger",
     "CheckpointError",
     "CosineRestarts",
     "CyclicLR",
@@ -45,6 +48,7 @@ __all__ = [
     "LRSchedule",
     "LRState",
     "LearningRateMonitor",
+    "LoggerCollection",
     "ModelCheckpoint",
     "NNXTrainState",
     "OneCycle",

@@ -2,11 +2,18 @@
 
 Layout of ``<directory>/<global_step>/``:
 
-- ``arrays``: every array leaf of the `TrainerState` (params, opt_state with the injected
-  hyperparameters, base hyperparameters, each callback's device state, PRNG key, step
-  counters, the unfetched metric buffer), saved as a flat ``{index: array}`` dict. Restoring
-  into the shardings of a freshly built state makes checkpoints independent of the device
-  count they were written with.
+- ``state``: a named pytree that plain `orbax.checkpoint` restores without this library:
+  the train state's own fields at the top (``params``, ``opt_state`` with the injected
+  hyperparameters, ``step``, and e.g. ``batch_stats``), ``callbacks`` (each stateful
+  callback's device state, keyed ``"<position>_<type>"``) and ``trainer`` (base
+  hyperparameters, PRNG key, step counters, the unfetched metric buffer)::
+
+      import orbax.checkpoint as ocp
+      tree = ocp.StandardCheckpointer().restore("ckpt/24/state")
+      logits = model.apply(tree["params"], x)
+
+  A resume restores into the shardings of a freshly built state, so checkpoints do not
+  depend on the device count they were written with.
 - ``meta``: JSON with the leaf paths/shapes/dtypes (for readable mismatch errors), the host
   counters (global step, epoch, batch within the epoch, log window), `callback_metrics`, every
   stateful callback's host `state_dict`, and the data iterator's state when it has one.
@@ -33,8 +40,9 @@ __all__ = ["CheckpointError", "open_manager", "write", "resolve", "restore", "re
 
 log = logging.getLogger("flax_lr_callbacks")
 
-FORMAT = 1
-ARRAYS, META = "arrays", "meta"
+FORMAT = 2  # 1: a flat {index: array} "arrays" item (refused with a message)
+STATE, META = "state", "meta"
+_RESERVED = ("callbacks", "trainer")
 
 
 class CheckpointError(ValueError):
@@ -47,14 +55,16 @@ def _ocp():
     return ocp
 
 
-def open_manager(directory: str | os.PathLike, *, async_save: bool = True):
-    """An orbax `CheckpointManager` for our two items; retention is done by the caller."""
+def open_manager(directory: str | os.PathLike, *, async_save: bool = True,
+                 preservation_policy: Any = None):
+    """An orbax `CheckpointManager` for our two items; `preservation_policy` (an orbax
+    ``checkpoint_managers`` policy) decides which steps it keeps (None: all)."""
     ocp = _ocp()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, create=True, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)
+        create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
+        preservation_policy=preservation_policy)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options,
-                                 item_names=(ARRAYS, META))
+                                 item_names=(STATE, META))
 
 
 def _is_checkpointer(callback: Callback) -> bool:
@@ -73,14 +83,47 @@ def stateful(callbacks: list[Callback]) -> list[Callback]:
             and (c.has_rule or type(c).state_dict is not Callback.state_dict)]
 
 
-def _saved_tree(trainer: Any) -> Any:
-    """The `TrainerState` with callback states keyed by position among stateful callbacks
-    (so adding or removing a stateless callback such as the progress bar does not matter)."""
+def _fields(train_state: Any) -> tuple[dict[str, Any], Any]:
+    """The train state's top-level children by name (``params``, ``opt_state``, ...) and the
+    treedef that puts them back together."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(
+        train_state, is_leaf=lambda x: x is not train_state)
+    names = []
+    for path, _ in flat:
+        key = path[0] if path else None
+        names.append(str(getattr(key, "name", getattr(key, "key", getattr(key, "idx", "value")))))
+    clash = sorted(set(names) & set(_RESERVED))
+    if clash or len(set(names)) != len(names):
+        raise CheckpointError(f"the train state's fields {names} cannot be checkpointed by "
+                              f"name ({clash or 'duplicates'} clash with {list(_RESERVED)})")
+    return dict(zip(names, (x for _, x in flat))), treedef
+
+
+def _saved_tree(trainer: Any) -> dict[str, Any]:
+    """The named tree saved as ``state``. Callback states are keyed by position among stateful
+    callbacks (adding or removing a stateless one such as the progress bar does not matter)."""
     ts = trainer.trainer_state
     index = {id(c): i for i, c in enumerate(trainer.callbacks)}
     states = {_state_key(k, c): ts.callback_states[index[id(c)]]
               for k, c in enumerate(stateful(trainer.callbacks))}
-    return ts._replace(callback_states=states)
+    fields, _ = _fields(ts.train_state)
+    return {**fields, "callbacks": states, "trainer": {
+        "base_hparams": ts.base_hparams, "key": ts.key, "step": ts.step,
+        "steps_per_epoch": ts.steps_per_epoch, "total_steps": ts.total_steps,
+        "buffer": ts.buffer}}
+
+
+def _from_saved_tree(trainer: Any, tree: dict[str, Any]) -> Any:
+    """The `TrainerState` for `tree` (the inverse of `_saved_tree`)."""
+    ts = trainer.trainer_state
+    names, treedef = _fields(ts.train_state)
+    train_state = jax.tree_util.tree_unflatten(treedef, [tree[n] for n in names])
+    index = {id(c): i for i, c in enumerate(trainer.callbacks)}
+    states = list(ts.callback_states)
+    for k, c in enumerate(stateful(trainer.callbacks)):
+        states[index[id(c)]] = tree["callbacks"][_state_key(k, c)]
+    return ts._replace(train_state=train_state, callback_states=tuple(states),
+                       **tree["trainer"])
 
 
 def _state_key(k: int, callback: Callback) -> str:
@@ -115,8 +158,10 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-def write(manager: Any, trainer: Any, *, epoch_finished: bool) -> int:
-    """Saves the running fit as step ``trainer.global_step``; returns that step.
+def write(manager: Any, trainer: Any, *, epoch_finished: bool,
+          metrics: dict[str, float] | None = None) -> int:
+    """Saves the running fit as step ``trainer.global_step``; returns that step. `metrics`
+    go to orbax (its preservation policy ranks checkpoints by them).
 
     Only the device-to-host copy blocks (async managers write in the background), so the
     train step may donate its buffers right after this returns.
@@ -143,10 +188,10 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool) -> int:
                           for c in trainer.callbacks if _is_checkpointer(c)},
         "data_iterator": data_iter.get_state() if hasattr(data_iter, "get_state") else None,
     }
-    arrays = {f"{i:05d}": x for i, x in enumerate(leaves)}
     step = trainer.global_step
-    manager.save(step, args=ocp.args.Composite(**{
-        ARRAYS: ocp.args.StandardSave(arrays), META: ocp.args.JsonSave(_jsonable(meta))}))
+    manager.save(step, metrics=metrics, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(_saved_tree(trainer)),
+        META: ocp.args.JsonSave(_jsonable(meta))}))
     return step
 
 
@@ -179,7 +224,7 @@ def _read(root: Path, step: int, abstract: dict[str, Any] | None) -> dict[str, A
     ocp = _ocp()
     items = {META: ocp.args.JsonRestore()}
     if abstract is not None:
-        items[ARRAYS] = ocp.args.StandardRestore(abstract)
+        items[STATE] = ocp.args.StandardRestore(abstract)
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
         return checkpointer.restore(root / str(step), args=ocp.args.Composite(**items))
@@ -193,8 +238,14 @@ def _read(root: Path, step: int, abstract: dict[str, Any] | None) -> dict[str, A
 
 def _check_meta(meta: dict[str, Any], trainer: Any, where: Path) -> None:
     """Raises CheckpointError naming every setting and callback that differs."""
+    if meta.get("format") == 1:
+        raise CheckpointError(
+            f"{where} was written by flax_lr_callbacks 0.1.0 before checkpoints became named "
+            f"pytrees (format 1: a flat 'arrays' item); this version reads format {FORMAT}. "
+            "Resume it with the version that wrote it, or start a new fit")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{where}: unknown checkpoint format {meta.get('format')!r}")
+        raise CheckpointError(f"{where}: unknown checkpoint format {meta.get('format')!r} "
+                              f"(this version reads format {FORMAT})")
     problems = []
     for name in ("steps_per_epoch", "total_steps", "log_every_n_steps"):
         if meta[name] != getattr(trainer, name):
@@ -244,16 +295,13 @@ def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike) -> d
     tree = _saved_tree(trainer)
     paths, leaves = _leaves(tree)
     _check_leaves(meta, paths, leaves, where)
-    abstract = {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=x.sharding)
-                for i, x in enumerate(leaves)}
-    arrays = _read(root, step, abstract)[ARRAYS]
-    restored = jax.tree_util.tree_unflatten(
-        jax.tree_util.tree_structure(tree), [arrays[f"{i:05d}"] for i in range(len(leaves))])
-    index = {id(c): i for i, c in enumerate(trainer.callbacks)}
-    states = list(trainer.trainer_state.callback_states)
-    for k, c in enumerate(stateful(trainer.callbacks)):
-        states[index[id(c)]] = restored.callback_states[_state_key(k, c)]
-    trainer.trainer_state = restored._replace(callback_states=tuple(states))
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=x.sharding), tree)
+    restored = _read(root, step, abstract)[STATE]
+    # orbax hands back the target's structure; rebuild it from the leaves to be sure
+    restored = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(tree),
+                                            jax.tree_util.tree_leaves(restored))
+    trainer.trainer_state = _from_saved_tree(trainer, restored)
     meta["path"] = str(where)
     return meta
 

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
+from flax_lr_callbacks.loggers.base import combine_loggers
+from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
 from flax_lr_callbacks.step import TrainerState
 
 __all__ = ["Trainer", "TrainerState"]
@@ -51,8 +52,10 @@ class Trainer:
       steps_per_epoch: batches per epoch for data without ``len()``; must be given then.
       callbacks: `Callback` instances. A `ProgressBar` is added unless one is given or
         ``enable_progress_bar=False``.
-      logger: e.g. `TensorBoardLogger`; receives train metrics at log points, validation
-        metrics at epoch ends, and whatever callbacks log.
+      logger: a logger (`TensorBoardLogger`, `CSVLogger`, or any object with `log_metrics`,
+        `log_hyperparams`, `finalize`) or a list of them; receives train metrics at log
+        points and validation metrics at epoch ends (each with ``epoch``), whatever callbacks
+        log, and the run's settings at the end (`loggers.run_config`).
       log_every_n_steps: steps between log points (>= 1). Default 50. Also the size of the
         on-device metric buffer.
       seed: seeds the per-step PRNG keys handed to ``loss_fn(rng=...)``.
@@ -130,7 +133,7 @@ class Trainer:
         self.max_steps = max_steps
         self.steps_per_epoch_arg = steps_per_epoch
         self.callbacks = callbacks
-        self.logger = logger
+        self.logger = combine_loggers(logger)
         self.log_every_n_steps = log_every_n_steps
         self.steps_per_dispatch = steps_per_dispatch
         self.last_dispatch_steps = 1  # steps run by the latest dispatch (hooks see them at once)
@@ -367,15 +370,15 @@ class Trainer:
                     if self.logger is not None:
                         self.logger.log_metrics(
                             {k: v for k, v in self.callback_metrics.items()
-                             if k.startswith("val_")}, step=self.global_step - 1)
+                             if k.startswith("val_")} | {"epoch": epoch},
+                            step=self.global_step - 1)
                     self._call("on_validation_end")
                 self._call("on_train_epoch_end")
                 if self.global_step >= total or self.should_stop:
                     break
             self._call("on_fit_end")
             if self.logger is not None:
-                self.logger.log_hyperparams(self._run_config(), {
-                    f"hparam/{k}": v for k, v in self.callback_metrics.items()})
+                self.logger.log_hyperparams(self._run_config(), final_metrics(self))
         finally:
             for cb in self.callbacks:
                 cb.teardown(self, self.trainer_state.train_state)
@@ -406,14 +409,7 @@ class Trainer:
 
     def _run_config(self) -> dict[str, Any]:
         """What the HParams tab shows for this run."""
-        config = {"max_epochs": self.max_epochs_planned, "total_steps": self.total_steps,
-                  "steps_per_epoch": self.steps_per_epoch, "seed": self.seed,
-                  "callbacks": ", ".join(repr(c) for c in self.callbacks)}
-        base = jax.device_get(self.trainer_state.base_hparams)
-        for g, names in base.items():
-            for n, v in names.items():
-                config[n if g == hp_lib.DEFAULT_GROUP else f"{g}/{n}"] = float(v)
-        return config
+        return run_config(self)
 
     def _log_point(self) -> None:
         """Fetches the metric buffer in one transfer and hands the window to callbacks."""
@@ -429,7 +425,7 @@ class Trainer:
         train.update({k: float(v.mean()) for k, v in history.items() if k.startswith("train_")})
         self.callback_metrics.update(train)
         if self.logger is not None:
-            self.logger.log_metrics(train, step=end - 1)
+            self.logger.log_metrics(train | {"epoch": self.current_epoch}, step=end - 1)
         self._call("on_log", history)
 
     def lr_find(self, state: Any, train_data: Any, *, min_lr: float = 1e-7,

@@ -66,7 +66,7 @@ def main():
     callbacks = [OneCycle(0.3),
                  ReduceLROnPlateau("train_loss", factor=0.5, patience=0, threshold=0.5,
                                    check_on=5),
-                 ModelCheckpoint(a.ckpt, every_n_steps=4, every_n_epochs=None, keep=2)]
+                 ModelCheckpoint(a.ckpt, every_n_steps=4, every_n_epochs=None, save_top_k=2)]
     if a.pause_at:
         callbacks.append(Pause(a.pause_at))
     trainer = Trainer(loss_fn, max_epochs=4, callbacks=callbacks, log_every_n_steps=3,

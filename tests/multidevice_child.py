@@ -36,7 +36,8 @@ def main():
     callbacks = [OneCycle(0.3), ReduceLROnPlateau("val_loss", factor=0.5, patience=0,
                                                   threshold=0.9), monitor]
     if a.ckpt:
-        callbacks.append(ModelCheckpoint(a.ckpt, every_n_steps=8, every_n_epochs=None))
+        callbacks.append(ModelCheckpoint(a.ckpt, every_n_steps=8, every_n_epochs=None,
+                                         save_top_k=-1))
     trainer = Trainer(loss_fn, max_epochs=4, callbacks=callbacks, enable_progress_bar=False,
                       log_every_n_steps=4)
     state = trainer.fit(make_state(), ArrayDataset(d, 16, seed=1),

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import optax
@@ -67,7 +68,7 @@ CASES = {
 def run(tmp, name, case, *, resume=False, crash_at=None, ckpt_kwargs=None):
     recorder = Recorder()
     callbacks = CASES[case]() + [recorder, ModelCheckpoint(
-        tmp / name, **(ckpt_kwargs or {"every_n_steps": 5, "keep": None}))]
+        tmp / name, **(ckpt_kwargs or {"every_n_steps": 5, "save_top_k": -1}))]
     if crash_at is not None:
         callbacks.append(CrashAt(crash_at))
     data = _data()
@@ -85,8 +86,10 @@ def _data():
 
 
 def assert_params_equal(a, b):
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    """Same structure, shapes, dtypes and bits."""
+    chex.assert_trees_all_equal_structs(a, b)
+    chex.assert_trees_all_equal_shapes_and_dtypes(a, b)
+    chex.assert_trees_all_equal(a, b)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -124,21 +127,21 @@ def test_resume_mid_epoch_checkpoint(tmp_path):
     full, full_out, full_rec = run(tmp_path, "full", "one_cycle_momentum")
     with pytest.raises(Crash):
         run(tmp_path, "crashed", "one_cycle_momentum", crash_at=9,
-            ckpt_kwargs={"every_n_steps": 4, "every_n_epochs": None, "keep": 2})
+            ckpt_kwargs={"every_n_steps": 4, "every_n_epochs": None, "save_top_k": 2})
     assert sorted(int(p.name) for p in (tmp_path / "crashed").iterdir()) == [4, 8]
     resumed, out, rec = run(tmp_path, "crashed", "one_cycle_momentum", resume=True,
                             ckpt_kwargs={"every_n_steps": 4, "every_n_epochs": None,
-                                         "keep": 2})
+                                         "save_top_k": 2})
     assert resumed.resumed_from.endswith("/8")
     assert_params_equal(out.params, full_out.params)
     assert {s: full_rec.lr[s] for s in rec.lr} == rec.lr and min(rec.lr) == 8
     assert resumed.num_step_compiles == 1
-    # keep=2: only the two newest remain (the final save at step 24 included)
+    # save_top_k=2 without a monitor: only the two newest remain (the final save at step 24 included)
     assert sorted(int(p.name) for p in (tmp_path / "crashed").iterdir()) == [20, 24]
 
 
 def test_monitor_keeps_best(tmp_path):
-    ckpt = ModelCheckpoint(tmp_path / "c", keep=1, monitor="val_loss", mode="max")
+    ckpt = ModelCheckpoint(tmp_path / "c", save_top_k=1, monitor="val_loss", mode="max")
     trainer = Trainer(loss_fn, max_epochs=3, callbacks=[OneCycle(0.2), ckpt],
                       enable_progress_bar=False)
     trainer.fit(make_state(), *_data())
@@ -244,7 +247,7 @@ def test_corrupt_checkpoint_is_reported(tmp_path, damage):
     run(tmp_path, "c", "cyclic")
     step = tmp_path / "c" / "24"
     if damage == "array_index":
-        manifests = list((step / "arrays").rglob("manifest.ocdbt"))
+        manifests = list((step / "state").rglob("manifest.ocdbt"))
         assert manifests
         for f in manifests:
             f.write_bytes(b"garbage")
@@ -268,8 +271,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="every_n_steps must be None or an int >= 1, got "
                                          "every_n_steps=0"):
         ModelCheckpoint("x", every_n_steps=0)
-    with pytest.raises(ValueError, match="keep must be None or an int >= 1"):
-        ModelCheckpoint("x", keep=0)
+    with pytest.raises(ValueError, match=r"save_top_k must be an int >= -1 \(-1: keep all\), "
+                                         "got save_top_k=-2"):
+        ModelCheckpoint("x", save_top_k=-2)
+    with pytest.raises(ValueError, match="save_top_k=0 with save_last=False"):
+        ModelCheckpoint("x", save_top_k=0, save_last=False)
     with pytest.raises(ValueError, match="mode must be one of"):
         ModelCheckpoint("x", mode="best")
 
@@ -279,7 +285,10 @@ CHILD = Path(__file__).with_name("crash_child.py")
 
 
 def _child(tmp, out, *, resume=False, pause_at=None, slow_commit=False):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    # the child imports the same flax_lr_callbacks as this process (a checkout on PYTHONPATH)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).parent), str(Path(__file__).parents[1]),
+         os.environ.get("PYTHONPATH", "")]))
     args = [sys.executable, str(CHILD), str(tmp / "ckpt"), str(out)]
     args += ["--resume"] if resume else []
     args += ["--pause-at", str(pause_at)] if pause_at else []
@@ -350,3 +359,57 @@ def test_grain_iterator_position_is_restored(tmp_path):
     meta = json.loads((tmp_path / "b" / "4" / "meta" / "metadata").read_text())
     assert meta["data_iterator"] is not None  # Grain's iterator state was saved
     assert_params_equal(fit("b", resume=True).params, full.params)
+
+
+# ------------------------------------------------------------------ orbax-native format
+def test_plain_orbax_restores_a_usable_params_tree(tmp_path):
+    """Plain orbax, no flax_lr_callbacks: <step>/state is a named tree whose params evaluate
+    to the trained model's accuracy."""
+    import orbax.checkpoint as ocp
+    from conftest import MODEL, make_data
+
+    ckpt = ModelCheckpoint(tmp_path / "c", every_n_epochs=2)
+    trainer = Trainer(loss_fn, max_epochs=2, callbacks=[OneCycle(0.3), ckpt],
+                      enable_progress_bar=False)
+    trained = trainer.fit(make_state(), *_data())
+    tree = ocp.StandardCheckpointer().restore((tmp_path / "c" / "12" / "state").absolute())
+    assert {"params", "opt_state", "step", "callbacks", "trainer"} <= set(tree)
+    assert list(tree["callbacks"]) == ["000_OneCycle"]
+    chex.assert_trees_all_equal(tree["params"], jax.device_get(trained.params))
+    d = make_data()
+
+    def accuracy(params):
+        return float((MODEL.apply(params, d["x"]).argmax(-1) == d["y"]).mean())
+
+    assert accuracy(tree["params"]) == accuracy(trained.params) > 0.5
+
+
+def test_save_top_k_by_monitor_plus_last(tmp_path):
+    """save_top_k=2 with a monitor keeps the two best (orbax BestN) and the newest."""
+    ckpt = ModelCheckpoint(tmp_path / "c", save_top_k=2, monitor="val_loss", mode="max")
+    trainer = Trainer(loss_fn, max_epochs=5, callbacks=[OneCycle(0.2), ckpt],
+                      enable_progress_bar=False)
+    scores = {}
+
+    class Scores(Callback):
+        def on_validation_end(self, trainer, state):
+            scores[trainer.global_step] = trainer.callback_metrics["val_loss"]
+
+    trainer.callbacks.insert(0, Scores())
+    trainer.fit(make_state(), *_data())
+    best_two = sorted(scores, key=scores.get)[-2:]
+    kept = sorted(int(p.name) for p in (tmp_path / "c").iterdir())
+    assert kept == sorted(set(best_two) | {30})
+    assert ckpt.best_step == best_two[-1]
+
+
+def test_format_1_checkpoint_is_refused_clearly(tmp_path):
+    """A checkpoint written before the named-tree format names the version that reads it."""
+    run(tmp_path, "c", "cyclic")
+    meta_file = tmp_path / "c" / "24" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["format"] = 1
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"24 was written by flax_lr_callbacks 0.1.0 "
+                                              r"before .*named pytrees \(format 1"):
+        run(tmp_path, "c", "cyclic", resume=True)

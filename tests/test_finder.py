@@ -249,9 +249,9 @@ def test_finder_hands_suggestion_to_schedule_one_compile(make_schedule, field, t
     assert float(getattr(trainer.callback_state(sched), field)) == pytest.approx(lr, rel=1e-6)
     assert max(mon.history["lr"][1]) <= lr * (1 + 1e-6)
     assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
-    scalars = read_scalars(tmp_path)
+    scalars = read_scalars(tmp_path / "version_0")
     assert scalars["lr_finder/suggestion"][1][0] == pytest.approx(lr, rel=1e-6)
-    assert (tmp_path / "lr_finder.png").stat().st_size > 10_000
+    assert (tmp_path / "version_0" / "lr_finder.png").stat().st_size > 10_000
 
 
 def test_finder_rescales_lrschedule_and_warmup_nested(tmp_path):

@@ -21,7 +21,8 @@ CHILD = Path(__file__).with_name("multidevice_child.py")
 
 
 def child(out, *args, devices=1, wait=True):
-    env = dict(os.environ, PYTHONPATH=str(CHILD.parent),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                   [str(CHILD.parent), str(CHILD.parents[1]), os.environ.get("PYTHONPATH", "")]),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     proc = subprocess.Popen([sys.executable, str(CHILD), str(out), *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -113,7 +113,7 @@ def test_composes_with_warmup_cosine_through_fit(data, state, tmp_path, caplog):
     # val after epoch 0 sets best; epochs 1, 2, 3 (and 4) are bad -> scale halves after each
     scale = np.repeat([1, 1, 0.5, 0.25, 0.125], 6)
     expected = np.array([float(sched(t)) for t in range(30)]) * scale
-    lr = read_scalars(tmp_path)["lr"][1]
+    lr = read_scalars(tmp_path / "version_0")["lr"][1]
     np.testing.assert_allclose(lr, expected, rtol=1e-6)
     assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
     assert [r["epoch"] for r in plateau.reductions] == [1, 2, 3, 4]

@@ -250,7 +250,7 @@ def test_fit_follows_curve_with_every_schedule_one_compile(data, state, tmp_path
                       logger=TensorBoardLogger(tmp_path), enable_progress_bar=False)
     trainer.fit(state, train, val)
     expected = sched.curve(48, steps_per_epoch=6, hparams={"learning_rate": 0.1, "momentum": 0.9})
-    scalars = read_scalars(tmp_path)
+    scalars = read_scalars(tmp_path / "version_0")
     assert scalars["lr"][0] == list(range(48))
     np.testing.assert_allclose(scalars["lr"][1], expected["learning_rate"], rtol=1e-6)
     np.testing.assert_allclose(scalars["momentum"][1], expected["momentum"], rtol=1e-6)

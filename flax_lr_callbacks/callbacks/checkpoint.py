@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -30,9 +31,18 @@ class ModelCheckpoint(Callback):
     A checkpoint is ``<directory>/<global_step>/`` and holds the train state (params,
     optimizer state with the injected hyperparameters), every callback's device state and host
     `state_dict` (schedule position and peak, plateau best/wait/cooldown/scale, the LR finder's
-    result), the PRNG key, the data position and the step/epoch counters. Writes are atomic
+    result), the PRNG key, the data position and the step/epoch counters. The arrays are a
+    named pytree in ``<step>/state`` (``params``, ``opt_state``, ``callbacks``, ``trainer``)
+    that plain orbax restores without this library:
+    ``ocp.StandardCheckpointer().restore(path / "state")["params"]``. Writes are atomic
     (orbax renames a finished temporary directory), and with ``async_save`` only the copy to
     host memory blocks the loop.
+
+    Which checkpoints stay is orbax's own preservation policy (`CheckpointManagerOptions`),
+    with Lightning's meaning of the arguments: `save_top_k` best by `monitor` (the most recent
+    ones without a monitor), plus the newest one when `save_last`, so
+    ``resume_from="latest"`` always finds where the fit stopped. A checkpoint whose monitored
+    value is missing or not finite is never among the best.
 
     Saves happen after all other callbacks' hooks for that step or epoch, whatever this
     callback's place in the list. A save due on the last batch of an epoch is made at the end
@@ -45,12 +55,13 @@ class ModelCheckpoint(Callback):
       every_n_steps: save every this many steps (None: not step-based).
       every_n_epochs: save at the end of every this many epochs (None: not epoch-based).
         Default 1.
-      keep: how many most recent checkpoints to keep (>= 1), or None for all. With `monitor`,
-        the best one is kept as well. Default 3.
-      monitor: metric in `trainer.callback_metrics` (e.g. ``"val_loss"``) to track the best
-        checkpoint by; None tracks nothing.
+      save_top_k: how many checkpoints to keep, the best by `monitor` (without a monitor: the
+        most recent); -1 keeps all, 0 none but the last (with `save_last`). Default 1.
+      monitor: metric in `trainer.callback_metrics` (e.g. ``"val_loss"``) to rank
+        checkpoints by; None ranks by recency.
       mode: ``"min"`` or ``"max"``: which direction of `monitor` is better.
-      save_last: save at the end of the fit even when no interval falls there. Default True.
+      save_last: also keep the newest checkpoint whatever its rank, and save at the end of the
+        fit even when no interval falls there. Default True.
       async_save: write in a background thread (default True); the loop waits for a pending
         write before the next one and at the end of the fit, also when it fails.
 
@@ -58,23 +69,34 @@ class ModelCheckpoint(Callback):
       best_step, best_score: the best checkpoint's step and metric (when monitoring).
       saved_steps: steps saved by this callback in the current fit.
 
-    Differences: Lightning's `ModelCheckpoint` writes one file per checkpoint and restores
-    callbacks by state key; Keras' `ModelCheckpoint` saves weights/models only and no callback
-    state. Here one checkpoint restores the whole fit, including the data position.
+    Differences: Lightning's `ModelCheckpoint` writes one file per checkpoint, a separate
+    ``last.ckpt`` copy for `save_last`, and restores callbacks by state key; here the newest
+    step directory is kept instead of a copy. Keras' `ModelCheckpoint` saves weights/models
+    only and no callback state. Here one checkpoint restores the whole fit, including the
+    data position.
+
+    Example:
+      >>> ckpt = ModelCheckpoint("runs/x/ckpt", every_n_steps=500, save_top_k=3,
+      ...                        monitor="val_loss")
     """
 
     def __init__(self, directory: str | os.PathLike, *, every_n_steps: int | None = None,
-                 every_n_epochs: int | None = 1, keep: int | None = 3,
+                 every_n_epochs: int | None = 1, save_top_k: int = 1,
                  monitor: str | None = None, mode: Literal["min", "max"] = "min",
                  save_last: bool = True, async_save: bool = True):
         _check_every("every_n_steps", every_n_steps)
         _check_every("every_n_epochs", every_n_epochs)
-        _check_every("keep", keep)
+        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
+            raise ValueError(f"save_top_k must be an int >= -1 (-1: keep all), got "
+                             f"save_top_k={save_top_k!r}")
+        if save_top_k == 0 and not save_last:
+            raise ValueError("save_top_k=0 with save_last=False would keep no checkpoint; "
+                             "drop the ModelCheckpoint instead")
         check_choice("mode", mode, ("min", "max"))
         self.directory = Path(directory)
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
-        self.keep = keep
+        self.save_top_k = save_top_k
         self.monitor = monitor
         self.mode = mode
         self.save_last = save_last
@@ -109,7 +131,25 @@ class ModelCheckpoint(Callback):
                 f"resuming from step {resumed.name}, but {str(self.directory)!r} also holds "
                 f"later checkpoints {later} of the run that followed it; resume from the latest,"
                 " or move those away first (nothing was overwritten)")
-        self._manager = checkpointing.open_manager(self.directory, async_save=self.async_save)
+        self._manager = checkpointing.open_manager(self.directory, async_save=self.async_save,
+                                                   preservation_policy=self._policy())
+
+    def _policy(self) -> Any:
+        """Lightning's save_top_k / save_last as an orbax preservation policy."""
+        from orbax.checkpoint import checkpoint_managers as cm
+
+        if self.save_top_k == -1:
+            return cm.LatestN(n=None)  # None: every step
+        policies = [cm.LatestN(n=1)] if self.save_last else []
+        if self.save_top_k > 0:
+            if self.monitor is None:
+                policies.append(cm.LatestN(n=self.save_top_k))
+            else:  # BestN keeps the last n after sorting: ascending for max, descending for min
+                monitor = self.monitor
+                policies.append(cm.BestN(
+                    get_metric_fn=lambda metrics: metrics[monitor], n=self.save_top_k,
+                    reverse=self.mode == "min", keep_checkpoints_without_metrics=False))
+        return cm.AnyPreservationPolicy(policies)
 
     def on_train_batch_end(self, trainer: Any, state: Any) -> None:
         n = self.every_n_steps
@@ -148,25 +188,17 @@ class ModelCheckpoint(Callback):
         if trainer.global_step in self.saved_steps:
             return
         score = self._score(trainer)
+        if score is not None and not math.isfinite(score):
+            score = None  # a NaN model is never "best"
         if score is not None and (self.best_score is None or (
                 score < self.best_score if self.mode == "min" else score > self.best_score)):
             self.best_step, self.best_score = trainer.global_step, score
         # The best-so-far goes into the checkpoint being written, so update it first.
-        step = checkpointing.write(self._manager, trainer, epoch_finished=epoch_finished)
+        step = checkpointing.write(
+            self._manager, trainer, epoch_finished=epoch_finished,
+            metrics=None if score is None else {self.monitor: score})
         self.saved_steps.append(step)
         log.info("ModelCheckpoint: saved step %d to %s", step, self.directory)
-        self._prune()
-
-    def _prune(self) -> None:
-        if self.keep is None:
-            return
-        steps = sorted(self._manager.all_steps())
-        keep = set(steps[-self.keep:])
-        if self.best_step is not None:
-            keep.add(self.best_step)
-        for step in steps:
-            if step not in keep:
-                self._manager.delete(step)
 
     def teardown(self, trainer: Any, state: Any) -> None:
         if self._manager is not None:

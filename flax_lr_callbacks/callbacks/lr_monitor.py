@@ -14,15 +14,19 @@ _MOMENTUM_NAMES = ("momentum", "b1")
 
 
 class LearningRateMonitor(Callback):
-    """Logs the learning rate (and momentum or Adam's ``b1``) applied at each step.
+    """Logs the learning rate (and momentum or Adam's ``b1``, and weight decay) applied at each
+    step.
 
     The value logged for step t is the one the optimizer used at step t (after every schedule
     and modifier), with t the 0-based step of the fit. Values are recorded on device inside the
     train step and written at log points, so the monitor adds no per-step host transfer.
 
-    Tags: ``lr`` and ``momentum`` (or ``b1``) for a single optimizer group; ``lr/<group>`` and
-    ``momentum/<group>`` when there are several (`optax.multi_transform` labels). The values are
-    also kept in `history` (``{tag: (steps, values)}``) for plotting without a logger.
+    Tags: ``lr``, ``momentum`` (or ``b1``) and ``weight_decay`` (when the optimizer injects
+    it, e.g. ``injectable(optax.adamw, ...)``) for a single optimizer group; ``lr/<group>``,
+    ``momentum/<group>``, ``weight_decay/<group>`` when there are several
+    (`optax.multi_transform` labels). Each step's values reach the logger in one
+    `log_metrics` call. They are also kept in `history` (``{tag: (steps, values)}``) for
+    plotting without a logger.
 
     Differences from Lightning's monitor: it reads the value actually applied in the jitted
     step (Lightning reads the scheduler before the step), and ``logging_interval="epoch"``
@@ -31,19 +35,22 @@ class LearningRateMonitor(Callback):
     Args:
       logging_interval: ``"step"`` (default) or ``"epoch"``.
       log_momentum: also log ``momentum`` / ``b1`` where the optimizer has it. Default True.
+      log_weight_decay: also log ``weight_decay`` where the optimizer injects it. Default True
+        (Lightning's default is False; here it costs nothing unless injected).
 
     Example:
       >>> monitor = LearningRateMonitor(logging_interval="step")
     """
 
     def __init__(self, logging_interval: Literal["step", "epoch"] = "step", *,
-                 log_momentum: bool = True):
+                 log_momentum: bool = True, log_weight_decay: bool = True):
         if logging_interval not in ("step", "epoch"):
             raise ValueError(
                 f"logging_interval must be one of ['step', 'epoch'], got {logging_interval=}"
             )
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
+        self.log_weight_decay = log_weight_decay
         self.history: dict[str, tuple[list[int], list[float]]] = {}
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:
@@ -67,6 +74,8 @@ class LearningRateMonitor(Callback):
                     if name in names:
                         tags[hparam_key(group, name)] = name + suffix
                         break
+            if self.log_weight_decay and "weight_decay" in names:
+                tags[hparam_key(group, "weight_decay")] = "weight_decay" + suffix
         return tags
 
     def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
@@ -74,10 +83,13 @@ class LearningRateMonitor(Callback):
         keep = np.ones(len(steps), bool)
         if self.logging_interval == "epoch":
             keep = steps % trainer.steps_per_epoch == 0
-        for key, tag in self._tags(list(history)).items():
-            logged_steps, values = self.history.setdefault(tag, ([], []))
-            for step, value in zip(steps[keep], history[key][keep]):
-                logged_steps.append(int(step))
-                values.append(float(value))
-                if trainer.logger is not None:
-                    trainer.logger.log_metrics({tag: float(value)}, step=int(step))
+        tags = self._tags(list(history))
+        steps = [int(s) for s in steps[keep]]
+        columns = {tag: [float(v) for v in history[key][keep]] for key, tag in tags.items()}
+        for tag, values in columns.items():
+            logged_steps, logged = self.history.setdefault(tag, ([], []))
+            logged_steps.extend(steps)
+            logged.extend(values)
+        if trainer.logger is not None and columns:
+            for i, step in enumerate(steps):
+                trainer.logger.log_metrics({tag: v[i] for tag, v in columns.items()}, step=step)

@@ -1,4 +1,4 @@
-"""TensorBoardLogger: scalars, hyperparameters and figures through tensorboardX."""
+"""TensorBoardLogger: versioned run folders of scalars, hyperparameters and figures (tensorboardX)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,29 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
+
+from flax_lr_callbacks.loggers.base import RunFolder, is_writer_process
 
 __all__ = ["TensorBoardLogger"]
 
 
 class TensorBoardLogger:
-    """Writes one TensorBoard event file per run into `log_dir`.
+    """Writes each run into its own TensorBoard run folder, ``save_dir/name/version_N``.
 
-    The file name carries a unique suffix, so two runs into one folder never share a file.
-    Only process 0 writes when several JAX processes run. The writer is flushed and closed
-    at fit end (`finalize`); read the events after that.
+    The layout is Lightning's: with ``name=None`` the versions go straight into `save_dir`
+    (``TensorBoardLogger("runs/fmnist")`` writes ``runs/fmnist/version_0``, the next run
+    ``version_1``), so two fits into one folder show as two runs and never overwrite each
+    other's curves. A run is everything logged until `finalize` (the Trainer calls it at the
+    end of `fit`); with ``version=None`` the next fit claims the next free version. Point
+    ``tensorboard --logdir`` at `save_dir`. Only JAX process 0 writes.
+
+    What a fit with `LearningRateMonitor` writes: ``lr`` (``lr/<group>`` with several optimizer
+    groups), ``momentum`` or ``b1``, ``weight_decay`` when injected, ``train_loss`` and
+    ``train_<metric>`` at log points, ``val_loss`` / ``val_<metric>`` per epoch, ``epoch``, and
+    at the end the HParams entry (the run's settings, compared by the final validation
+    metrics; see `flax_lr_callbacks.loggers.run_config`). The step axis is the 0-based global
+    step at which a value applied.
 
     Building and writing summaries costs tens of microseconds per scalar; at a log point that
     is hundreds of scalars (the LR monitor logs every step) while the device waits for the next
@@ -28,27 +39,64 @@ class TensorBoardLogger:
     thread writes them, so the training loop goes on at once.
 
     Args:
-      log_dir: folder for the event file (created if missing).
+      save_dir: folder that holds the runs (created if missing).
+      name: optional experiment sub-folder of `save_dir`. Default None (no sub-folder).
+      version: None (default): the next free ``version_N``; an int N: ``version_N``; a str:
+        that folder name. A given version is reused as it is (its files are kept; a new event
+        file is added).
       flush_secs: seconds between background flushes. Default 10.
       background: write from a worker thread (default True); False writes in the caller.
 
     Example:
-      >>> logger = TensorBoardLogger("runs/demo")  # doctest: +SKIP
+      >>> logger = TensorBoardLogger("runs/demo", name="sgd")  # doctest: +SKIP
+      >>> logger.log_dir  # doctest: +SKIP
+      'runs/demo/sgd/version_0'
     """
 
-    def __init__(self, log_dir: str | os.PathLike, *, flush_secs: int = 10,
+    def __init__(self, save_dir: str | os.PathLike, name: str | None = None,
+                 version: int | str | None = None, *, flush_secs: int = 10,
                  background: bool = True):
-        self.log_dir = os.fspath(log_dir)
+        if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or (
+                flush_secs <= 0):
+            raise ValueError(f"flush_secs must be a number > 0, got flush_secs={flush_secs!r}")
+        self._run = RunFolder(save_dir, name, version)
         self.flush_secs = flush_secs
         self.background = background
         self._writer = None
+        self._folder: str | None = None
+        self._tags: set[str] = set()  # scalar tags written in this run
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
 
+    @property
+    def save_dir(self) -> str:
+        return self._run.save_dir
+
+    @property
+    def name(self) -> str | None:
+        return self._run.name
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``: the folder to point ``tensorboard --logdir`` at."""
+        return self._run.root_dir
+
+    @property
+    def version(self) -> int | str:
+        """This run's version (the next free one is claimed on first use)."""
+        return self._run.version
+
+    @property
+    def log_dir(self) -> str:
+        """This run's folder, which holds its event file (and e.g. the LR finder's PNG)."""
+        return self._run.log_dir
+
     def _submit(self, fn: Any, *args: Any) -> None:
         if self._error is not None:
             raise RuntimeError("TensorBoardLogger's writer thread failed") from self._error
+        if self._folder is None:
+            self._folder = self._run.ensure_dir()
         if not self.background:
             fn(*args)
             return
@@ -79,39 +127,45 @@ class TensorBoardLogger:
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
-            os.makedirs(self.log_dir, exist_ok=True)
             self._writer = SummaryWriter(
-                self.log_dir, flush_secs=self.flush_secs,
+                self._folder, flush_secs=self.flush_secs,
                 filename_suffix=f".{uuid.uuid4().hex[:8]}",
             )
         return self._writer
 
-    @staticmethod
-    def _is_writer_process() -> bool:
-        return jax.process_index() == 0
-
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Adds one scalar per entry at `step`."""
-        if not self._is_writer_process():
+        if not is_writer_process():
             return
-        self._submit(self._add_scalars, {k: float(v) for k, v in metrics.items()}, int(step))
+        values = {k: float(v) for k, v in metrics.items()}
+        self._tags.update(values)
+        self._submit(self._add_scalars, values, int(step))
 
     def log_hyperparams(self, params: Mapping[str, Any],
                         metrics: Mapping[str, float] | None = None) -> None:
-        """Records the run's configuration (and optionally final metrics) in the HParams tab."""
-        if not self._is_writer_process():
+        """Records the run's settings in the HParams tab, compared by `metrics`.
+
+        A metric already logged as a scalar in this run (e.g. the last ``val_loss``) is
+        referenced, not written again, so the Scalars page gets no one-point charts; others
+        are written once at step 0. Values that are not int, float, str or bool are shown
+        as their `str`.
+        """
+        if not is_writer_process():
             return
         from tensorboardX.summary import hparams
 
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                  for k, v in params.items()}
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        new = {k: v for k, v in metrics.items() if k not in self._tags}
+        self._tags.update(new)
+
         def write():
             # SummaryWriter.add_hparams opens a second writer in a sub-folder without our
             # unique file suffix; writing the three summaries here keeps one file per run.
             for summary in hparams(clean, metrics):
                 self.writer.file_writer.add_summary(summary)
-            self._add_scalars(metrics, 0)
+            self._add_scalars(new, 0)
 
         self._submit(write)
 
@@ -121,7 +175,7 @@ class TensorBoardLogger:
         The figure is rendered here, in the caller's thread: matplotlib's text layout is not
         thread-safe, and the caller may draw another figure while the writer works.
         """
-        if not self._is_writer_process():
+        if not is_writer_process():
             return
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -133,7 +187,8 @@ class TensorBoardLogger:
                                                    dataformats="HWC"))
 
     def finalize(self) -> None:
-        """Writes what is queued, then flushes and closes; a later log call opens a new file."""
+        """Writes what is queued, then flushes and closes: the run is complete. A later log
+        call starts the next run (the next free version when `version` was None)."""
         if self._worker is not None:
             self._queue.put(None)
             self._worker.join()
@@ -141,6 +196,9 @@ class TensorBoardLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._folder = None
+        self._tags = set()
+        self._run.end_run()
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError("TensorBoardLogger's writer thread failed") from error
