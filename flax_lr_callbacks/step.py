@@ -203,6 +203,11 @@ def replace_callback_state(ts: TrainerState, callbacks: Sequence[Callback], call
                            **values: Any) -> TrainerState:
     """`ts` with fields of `callback`'s state replaced by host values (dtype/sharding kept)."""
     old = get_callback_state(ts, callbacks, callback)
+    if not (hasattr(old, "_asdict") or isinstance(old, dict)):
+        raise TypeError(
+            f"{callback!r} has a device state of type {type(old).__name__}, which has no named "
+            f"fields to write {sorted(values)} into; return a NamedTuple from init_state "
+            "(e.g. class MyState(NamedTuple): scale: jax.Array) to write it from host hooks")
     fields = old._asdict() if hasattr(old, "_asdict") else dict(old)
     for name, v in values.items():
         if name not in fields:

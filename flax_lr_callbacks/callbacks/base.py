@@ -12,6 +12,18 @@ Rules run in two passes each step: every *setter* (a callback listing the name i
 computes the base value, then every *modifier* (listing it in `scales`) multiplies it. At most
 one setter per hyperparameter and group; two raise a `ValueError` naming both.
 
+*Attributes vs device state* (the one rule to remember). A rule is traced once per fit, so
+every Python value it reads (``self.factor``, a closure, a global) is frozen into the compiled
+step at that moment: changing the attribute later from a hook does nothing, silently. Anything
+that may change during a fit must be a field of the callback's device state, written from the
+host with `trainer.update_callback_state(self, field=value)`; that changes the value without a
+retrace. Attributes are for configuration fixed before the fit (which hyperparameter, unit).
+
+A rule returns ``(hparams, state)`` with the same hyperparameter names and a state of the same
+structure, shapes and dtypes as `init_state` gave; anything else raises a TypeError naming the
+callback and what it returned. Write fields from the host only into a NamedTuple (or dict)
+state; a bare-array state is fine for in-graph use but cannot be written by name.
+
 *Host hooks.* Lightning names, each called as ``hook(trainer, state, ...)`` with device
 arrays. A hook must not pull device values to the host except at its own decision points (a
 plateau check at validation end), and writes decisions back with
@@ -27,8 +39,13 @@ import jax
 
 from flax_lr_callbacks.hyperparams import Hyperparams
 
-__all__ = ["Callback", "RunPlan", "StepContext", "apply_rules", "check_setters",
+__all__ = ["Callback", "HOST_HOOKS", "RunPlan", "StepContext", "apply_rules", "check_setters",
            "hparam_key", "parse_hparam_key"]
+
+# Every host hook, called as ``hook(trainer, state, *args)``. Composites forward exactly these,
+# and a test checks that this list names every ``on_*`` method of `Callback` plus `teardown`.
+HOST_HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_log",
+              "on_validation_end", "on_train_epoch_end", "on_fit_end", "teardown")
 
 
 def hparam_key(group: str, name: str) -> str:
@@ -200,5 +217,55 @@ def apply_rules(callbacks: Sequence[Callback], ctx: StepContext, hparams: Hyperp
     hparams = {g: dict(v) for g, v in hparams.items()}
     states = list(states)
     for i in rule_order(callbacks):
-        hparams, states[i] = callbacks[i].rule(ctx, hparams, states[i])
+        out = callbacks[i].rule(ctx, hparams, states[i])
+        hparams, states[i] = check_rule_output(callbacks[i], "rule", out, hparams, states[i])
     return hparams, tuple(states)
+
+
+def _describe(x: Any) -> str:
+    """A short description of what a rule returned, for error messages."""
+    if isinstance(x, tuple) and not hasattr(x, "_fields"):
+        return f"a tuple of {len(x)}: ({', '.join(_describe(v) for v in x)})"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"an array {x.dtype}{list(x.shape)}"
+    return type(x).__name__
+
+
+def _leaf_specs(tree: Any) -> tuple[Any, list[tuple[tuple[int, ...], Any]]]:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, [(tuple(jax.numpy.shape(x)), jax.numpy.result_type(x)) for x in leaves]
+
+
+def check_state_like(callback: Any, where: str, new: Any, old: Any) -> None:
+    """Raises TypeError when `new` state differs from `old` in structure, shape or dtype.
+
+    The carried state must keep its signature, or the step would retrace (or `lax.scan`
+    would refuse the carry) far from the callback that caused it.
+    """
+    old_def, old_specs = _leaf_specs(old)
+    new_def, new_specs = _leaf_specs(new)
+    if old_def != new_def:
+        raise TypeError(f"{callback!r}.{where} returned a state of structure {new_def}, but "
+                        f"init_state gave {old_def}; return the same NamedTuple (use "
+                        "state._replace(...))")
+    for (s0, d0), (s1, d1) in zip(old_specs, new_specs):
+        if s0 != s1 or d0 != d1:
+            raise TypeError(f"{callback!r}.{where} changed a state leaf from {d0}{list(s0)} to "
+                            f"{d1}{list(s1)}; cast it back (e.g. jnp.float32(...)) so the step "
+                            "keeps one signature")
+
+
+def check_rule_output(callback: Any, where: str, out: Any, hparams: Hyperparams,
+                      state: Any) -> tuple[Hyperparams, Any]:
+    """`out` as ``(hparams, state)``, or a TypeError naming `callback` and what it returned."""
+    if not (isinstance(out, tuple) and not hasattr(out, "_fields") and len(out) == 2
+            and isinstance(out[0], dict)):
+        raise TypeError(f"{callback!r}.{where} must return (hparams, state), got "
+                        f"{_describe(out)}")
+    new_hp, new_state = out
+    if set(new_hp) != set(hparams) or any(set(new_hp[g]) != set(hparams[g]) for g in hparams):
+        raise TypeError(f"{callback!r}.{where} returned hyperparameters "
+                        f"{ {g: sorted(d) for g, d in new_hp.items()} }, expected "
+                        f"{ {g: sorted(d) for g, d in hparams.items()} }; change values only")
+    check_state_like(callback, where, new_state, state)
+    return new_hp, new_state

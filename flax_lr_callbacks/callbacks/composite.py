@@ -10,14 +10,10 @@ import jax.numpy as jnp
 
 from flax_lr_callbacks.callbacks._util import (UNITS, check_choice, check_number, clock,
                                                shift_context, to_steps, write)
-from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
+from flax_lr_callbacks.callbacks.base import HOST_HOOKS, Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
 __all__ = ["Composite", "Warmup", "Sequential"]
-
-_HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_validation_end",
-          "on_train_epoch_end", "on_fit_end")
-
 
 class Composite(Callback):
     """A callback made of child schedule callbacks.
@@ -61,15 +57,16 @@ class Composite(Callback):
 
 
 def _forward(hook: str):
-    def method(self, trainer, state):
+    def method(self, trainer, state, *args):
         for child in self.children:
-            getattr(child, hook)(trainer, state)
+            getattr(child, hook)(trainer, state, *args)
     method.__name__ = hook
     method.__doc__ = f"Calls every child's `{hook}`."
     return method
 
 
-for _hook in _HOOKS:
+# Generated from the base class's list, so a new hook cannot be forgotten here.
+for _hook in HOST_HOOKS:
     setattr(Composite, _hook, _forward(_hook))
 
 
