@@ -7,6 +7,9 @@ from flax_lr_callbacks.checkpointing import CheckpointError
 from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
+from flax_lr_callbacks.callbacks.base import Observation
+from flax_lr_callbacks.callbacks.grad_norm_guard import GradNormGuard
+from flax_lr_callbacks.callbacks.smoothed_plateau import SmoothedPlateau
 from flax_lr_callbacks.callbacks.base import StepContext
 from flax_lr_callbacks.callbacks.lr_finder import LRFinder
 from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
@@ -39,6 +42,7 @@ __all__ = [
     "CheckpointError",
     "CosineRestarts",
     "CyclicLR",
+    "GradNormGuard",
     "LRFinder",
     "LRFinderResult",
     "LRCallbacks",
@@ -47,11 +51,13 @@ __all__ = [
     "LearningRateMonitor",
     "ModelCheckpoint",
     "NNXTrainState",
+    "Observation",
     "OneCycle",
     "ProgressBar",
     "ReduceLROnPlateau",
     "RunPlan",
     "Sequential",
+    "SmoothedPlateau",
     "StepContext",
     "TensorBoardLogger",
     "Trainer",

@@ -17,6 +17,8 @@ linen::
         opt_state, lr_state = lrc.apply(state.opt_state, lr_state)   # the added line
         state = state.replace(opt_state=opt_state)
         ...                                                          # your step as before
+        lr_state = lrc.observe(lr_state, loss, grads=grads)  # only for SmoothedPlateau,
+                                                             # GradNormGuard, your observers
 
     for epoch in range(10):
         for batch in train:
@@ -164,6 +166,20 @@ class LRCallbacks:
             hp_lib.set_hyperparams(opt_state.opt_state, hparams)
             return new_lr
         return hp_lib.set_hyperparams(opt_state, hparams), new_lr
+
+    def observe(self, lr_state: LRState, loss: Any, *, metrics: dict[str, Any] | None = None,
+                grads: Any = None, old_params: Any = None, new_params: Any = None) -> LRState:
+        """Hands the step's outcome to callbacks with an `observe` face; returns `lr_state`.
+
+        Call it inside your jitted step after the gradient update (after `apply`). Pass
+        `grads` when a callback observes ``"grad_norm"`` (`GradNormGuard`), and the params
+        before and after the update when one observes ``"update_norm"``. Without such
+        callbacks it returns `lr_state` unchanged and adds nothing to the step.
+        """
+        ctx = step_lib.step_context(lr_state._replace(step=lr_state.step - 1))
+        states = step_lib.observe(self.callbacks, ctx, lr_state.callback_states, loss,
+                                  metrics or {}, grads, old_params, new_params)
+        return lr_state._replace(callback_states=states)
 
     # ------------------------------------------------------------------ host points
     def validation_end(self, lr_state: LRState, metrics: dict[str, Any]) -> LRState:

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
-from flax_lr_callbacks.callbacks.base import (Callback, StepContext, apply_rules,
-                                              check_setters, hparam_key)
+from flax_lr_callbacks.callbacks.base import (Callback, Observation, StepContext, apply_rules,
+                                              check_setters, hparam_key, observe_all,
+                                              requested_norms)
 
 __all__ = ["TrainerState", "LossFn", "step_context", "train_step", "fused_steps", "record",
            "empty_buffer", "eval_sums"]
@@ -110,12 +111,50 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
     rng = jax.random.fold_in(ts.key, ts.step) if loss.takes_rng else None
     (value, metrics), grads = jax.value_and_grad(bound(state, loss), has_aux=True)(
         state.params, batch, rng)
+    old_params = state.params
     state = state.apply_gradients(grads=grads)
+    cb_states = observe(callbacks, step_context(ts), cb_states, value, metrics, grads,
+                        old_params, state.params)
     values = record(value, metrics, hparams)
     slot = ts.step % buffer_size
     buffer = {k: b.at[slot].set(values[k]) for k, b in ts.buffer.items()}
     return ts._replace(train_state=state, callback_states=cb_states, step=ts.step + 1,
                        buffer=buffer)
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm over every leaf of `tree`, in float32."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x, jnp.float32))) for x in leaves))
+
+
+def observe(callbacks: Sequence[Callback], ctx: StepContext, states: tuple, loss: Any,
+            metrics: dict[str, Any], grads: Any = None, old_params: Any = None,
+            new_params: Any = None) -> tuple:
+    """Hands a finished step's outcome to the callbacks' `observe` faces; new states.
+
+    Norms are computed only when some callback lists them in `observes` (otherwise this adds
+    nothing to the compiled step).
+    """
+    if not any(cb.has_observe for cb in callbacks):
+        return states
+    norms = requested_norms(callbacks)
+    grad_norm = update_norm = None
+    if "grad_norm" in norms:
+        if grads is None:
+            raise ValueError("a callback observes 'grad_norm'; pass grads=")
+        grad_norm = global_norm(grads)
+    if "update_norm" in norms:
+        if old_params is None or new_params is None:
+            raise ValueError("a callback observes 'update_norm'; pass the parameters before "
+                             "and after the update")
+        update_norm = global_norm(jax.tree_util.tree_map(
+            lambda a, b: jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32),
+            new_params, old_params))
+    obs = Observation(loss=jnp.asarray(loss, jnp.float32),
+                      metrics={k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()},
+                      grad_norm=grad_norm, update_norm=update_norm)
+    return observe_all(callbacks, ctx, obs, states)
 
 
 def fused_steps(ts: TrainerState, batches: Any, *, loss: LossFn,

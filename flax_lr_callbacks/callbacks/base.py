@@ -8,6 +8,12 @@ step. It gets the hyperparameters about to be applied (``{group: {name: value}}`
 returns new hyperparameters and new state. Numbers a user may retarget (peak LR, total steps)
 belong in `state`, not in Python closures, so changing them never retraces the step.
 
+*In-graph observation.* `observe(ctx, obs, state)` runs after the gradient step with an
+`Observation` of that step (loss, metrics, and the global gradient / update norms a callback
+lists in `observes`) and returns the new device state, which the next step's `rule` reads.
+So a callback can react to the training loss or a gradient spike at the very next step with
+no host sync (`SmoothedPlateau`, `GradNormGuard`).
+
 Rules run in two passes each step: every *setter* (a callback listing the name in `sets`)
 computes the base value, then every *modifier* (listing it in `scales`) multiplies it. At most
 one setter per hyperparameter and group; two raise a `ValueError` naming both.
@@ -39,8 +45,13 @@ import jax
 
 from flax_lr_callbacks.hyperparams import Hyperparams
 
-__all__ = ["Callback", "HOST_HOOKS", "RunPlan", "StepContext", "apply_rules", "check_setters",
-           "hparam_key", "parse_hparam_key"]
+__all__ = ["Callback", "HOST_HOOKS", "NORMS", "Observation", "RunPlan", "StepContext",
+           "apply_rules", "check_setters", "hparam_key", "observe_all", "parse_hparam_key",
+           "requested_norms"]
+
+# Quantities an `observe` face may ask for (in `Callback.observes`); computed once per step,
+# and only when some callback asks.
+NORMS = ("grad_norm", "update_norm")
 
 # Every host hook, called as ``hook(trainer, state, *args)``. Composites forward exactly these,
 # and a test checks that this list names every ``on_*`` method of `Callback` plus `teardown`.
@@ -78,6 +89,24 @@ class StepContext(NamedTuple):
     total_steps: jax.Array
 
 
+class Observation(NamedTuple):
+    """What `Callback.observe` sees after a step's gradient update (all traced).
+
+    Attributes:
+      loss: the step's training loss (float32 scalar).
+      metrics: the loss function's metrics, ``{name: scalar}``.
+      grad_norm: global L2 norm of the gradients, or None unless a callback lists
+        ``"grad_norm"`` in `observes`.
+      update_norm: global L2 norm of the parameter change of this step, or None unless a
+        callback lists ``"update_norm"`` in `observes`.
+    """
+
+    loss: jax.Array
+    metrics: dict[str, jax.Array]
+    grad_norm: jax.Array | None = None
+    update_norm: jax.Array | None = None
+
+
 class RunPlan(NamedTuple):
     """What a callback may know about the run before it starts (the Trainer has these too)."""
 
@@ -97,11 +126,17 @@ class Callback:
     sets: tuple[str, ...] = ()
     scales: tuple[str, ...] = ()
     groups: tuple[str, ...] | None = None
+    observes: tuple[str, ...] = ()
 
     @property
     def has_rule(self) -> bool:
         """Whether this callback contributes in-graph code to the train step."""
         return type(self).rule is not Callback.rule
+
+    @property
+    def has_observe(self) -> bool:
+        """Whether this callback reads the step's outcome in-graph (`observe`)."""
+        return type(self).observe is not Callback.observe
 
     # ---- in-graph face -------------------------------------------------------------------
     def configure(self, hparams: Hyperparams) -> None:
@@ -123,6 +158,14 @@ class Callback:
     ) -> tuple[Hyperparams, Any]:
         """Pure in-graph update of the hyperparameters for step `ctx.step`."""
         return hparams, state
+
+    def observe(self, ctx: StepContext, obs: Observation, state: Any) -> Any:
+        """Pure in-graph update of this callback's state after step `ctx.step`'s update.
+
+        `obs` has the step's loss and metrics, and the norms listed in `observes`. Returns the
+        new state (same structure, shapes and dtypes); the next step's `rule` sees it.
+        """
+        return state
 
     def target_groups(self, hparams: Hyperparams, name: str) -> list[str]:
         """Groups in `hparams` that this callback writes `name` in."""
@@ -220,6 +263,27 @@ def apply_rules(callbacks: Sequence[Callback], ctx: StepContext, hparams: Hyperp
         out = callbacks[i].rule(ctx, hparams, states[i])
         hparams, states[i] = check_rule_output(callbacks[i], "rule", out, hparams, states[i])
     return hparams, tuple(states)
+
+
+def requested_norms(callbacks: Sequence[Callback]) -> tuple[str, ...]:
+    """The norms (of `NORMS`) some callback with an `observe` face asks for."""
+    asked = {n for cb in callbacks if cb.has_observe for n in cb.observes}
+    unknown = asked - set(NORMS)
+    if unknown:
+        raise ValueError(f"observes may list {list(NORMS)}, got {sorted(unknown)}")
+    return tuple(n for n in NORMS if n in asked)
+
+
+def observe_all(callbacks: Sequence[Callback], ctx: StepContext, obs: Observation,
+                states: Sequence[Any]) -> tuple:
+    """Runs every `observe` face after a step; returns the new states. Pure, in-graph."""
+    states = list(states)
+    for i, cb in enumerate(callbacks):
+        if cb.has_observe:
+            new = cb.observe(ctx, obs, states[i])
+            check_state_like(cb, "observe", new, states[i])
+            states[i] = new
+    return tuple(states)
 
 
 def _describe(x: Any) -> str:

@@ -25,6 +25,20 @@ class Composite(Callback):
 
     children: tuple[Callback, ...] = ()
 
+    @property
+    def has_observe(self) -> bool:
+        return any(c.has_observe for c in self.children)
+
+    @property
+    def observes(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(dict.fromkeys(n for c in self.children for n in c.observes))
+
+    def observe(self, ctx: StepContext, obs: Any, state: Any) -> Any:
+        """Runs the children's `observe` faces on their states (with the outer clock)."""
+        children = tuple(c.observe(ctx, obs, s) if c.has_observe else s
+                         for c, s in zip(self.children, state.children))
+        return state._replace(children=children)
+
     def configure(self, hparams: Hyperparams) -> None:
         for child in self.children:
             child.configure(hparams)
