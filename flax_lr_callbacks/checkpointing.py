@@ -123,7 +123,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool) -> int:
     """
     ocp = _ocp()
     paths, leaves = _leaves(_saved_tree(trainer))
-    data_iter = getattr(trainer, "_data_iter", None)
+    data_iter = trainer.data.iterator
     meta = {
         "format": FORMAT,
         "leaves": [[p, list(np.shape(x)), str(x.dtype)] for p, x in zip(paths, leaves)],
@@ -131,7 +131,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool) -> int:
         "epoch": trainer.current_epoch,
         "batch_in_epoch": trainer.batch_in_epoch,
         "epoch_finished": epoch_finished,
-        "window_start": trainer._window_start,
+        "window_start": trainer.progress.window_start,
         "steps_per_epoch": trainer.steps_per_epoch,
         "total_steps": trainer.total_steps,
         "log_every_n_steps": trainer.log_every_n_steps,
@@ -265,7 +265,7 @@ def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike
     meta = restore(trainer, template_fn, resume_from)
     trainer.resumed_from = meta["path"]
     trainer.global_step = trainer.start_step = meta["global_step"]
-    trainer._window_start = meta["window_start"]
+    trainer.progress.window_start = meta["window_start"]
     trainer.callback_metrics = dict(meta["callback_metrics"])
     trainer.should_stop = meta["should_stop"]
     epoch, batch = meta["epoch"], meta["batch_in_epoch"]

@@ -43,7 +43,10 @@ import jax.numpy as jnp
 
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
-from flax_lr_callbacks.callbacks.base import Callback, RunPlan, apply_rules
+from flax_lr_callbacks.callbacks.base import Callback, apply_rules
+from flax_lr_callbacks.contract import RunPlan
+from flax_lr_callbacks.runtime import CallbackHost
+from flax_lr_callbacks.validation import check_count
 
 __all__ = ["LRCallbacks", "LRState"]
 
@@ -64,7 +67,7 @@ def _is_nnx_optimizer(x: Any) -> bool:
     return isinstance(x, nnx.Optimizer)
 
 
-class LRCallbacks:
+class LRCallbacks(CallbackHost):
     """Runs LR callbacks in your own training loop. See the module docstring for the loop.
 
     Host calls (`init`, `validation_end`, `epoch_end`, `finish`) play the Trainer's part for
@@ -93,8 +96,7 @@ class LRCallbacks:
 
         for name, value in (("steps_per_epoch", steps_per_epoch), ("max_epochs", max_epochs),
                             ("total_steps", total_steps)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
+            check_count(name, value, allow_none=True)
         if max_epochs is None and total_steps is None:
             raise ValueError("give max_epochs or total_steps (both are None)")
         self.callbacks = list(callbacks)
@@ -108,16 +110,11 @@ class LRCallbacks:
                 raise TypeError(
                     f"{cb!r} needs the Trainer's data, logger or per-step records and cannot "
                     "run in a custom loop; see the LRCallbacks docstring for what to do instead")
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = total_steps or max_epochs * steps_per_epoch
-        self.max_epochs_planned = max_epochs or -(-self.total_steps // steps_per_epoch)
-        # What callbacks read from "the trainer" in host hooks.
-        self.global_step = 0
-        self.current_epoch = 0
-        self.callback_metrics: dict[str, float] = {}
-        self.should_stop = False
+        total = total_steps or max_epochs * steps_per_epoch
+        # What callbacks read from "the trainer" in host hooks (`contract.HostContext`).
+        self._reset_host(RunPlan(steps_per_epoch, total,
+                                 max_epochs or -(-total // steps_per_epoch)))
         self.logger = None
-        self.resuming = False
         self.trainer_state: LRState | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -128,8 +125,7 @@ class LRCallbacks:
         injected values are the base values rules start from.
         """
         opt_state = self._opt_state(opt_state)
-        base, cb_states = step_lib.init_rule_state(
-            self.callbacks, opt_state, RunPlan(self.steps_per_epoch, self.total_steps))
+        base, cb_states = self.init_rules(opt_state)
         state = LRState(
             base_hparams=base,
             callback_states=cb_states,
@@ -141,8 +137,7 @@ class LRCallbacks:
         sharding = self._sharding(opt_state)
         if sharding is not None:
             state = jax.device_put(state, sharding)
-        self.global_step = self.current_epoch = 0
-        self.callback_metrics, self.resuming = {}, False
+        self._reset_host(self.plan)
         return self._host(state, "on_fit_start", "on_train_epoch_start")
 
     def resume(self, lr_state: LRState, state_dict: dict[str, Any]) -> LRState:
@@ -208,19 +203,6 @@ class LRCallbacks:
         self.callback_metrics = dict(state_dict["metrics"])
         for cb, saved in zip(self.callbacks, state_dict["callbacks"]):
             cb.load_state_dict(saved)
-
-    # ------------------------------------------------------------------ the trainer face
-    def update_callback_state(self, callback: Callback, **values: Any) -> None:
-        """Used by callbacks' host hooks, as on the Trainer (dtype and sharding kept)."""
-        self.trainer_state = step_lib.replace_callback_state(
-            self.trainer_state, self.callbacks, callback, **values)
-
-    def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
-        self.trainer_state = step_lib.replace_base_hyperparam(self.trainer_state, name, value,
-                                                              group)
-
-    def callback_state(self, callback: Callback) -> Any:
-        return step_lib.get_callback_state(self.trainer_state, self.callbacks, callback)
 
     def _host(self, lr_state: LRState, *hooks: str) -> LRState:
         self.trainer_state = lr_state

@@ -15,6 +15,7 @@ any model big enough to need a range test.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import jax
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from flax_lr_callbacks import finder
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.data.epochs import EpochReader
 
 __all__ = ["run", "chunk_size"]
 
@@ -35,29 +37,23 @@ def chunk_size(num_steps: int, largest: int = 16) -> int:
     return max(k for k in range(1, min(largest, num_steps) + 1) if num_steps % k == 0)
 
 
+# Compiled sweep steps per trainer and LR groups, reused by later sweeps (weak: a dropped
+# trainer frees its executables).
+_STEP_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _step_fn(trainer: Any, groups: list[str]):
+    loss_of = step_lib.LossFn(trainer.loss_fn)
+
     def step(state, lr, batch, base_key, index):
         key = jax.random.fold_in(base_key, index)  # in-graph: no extra dispatch per step
         values = {g: {"learning_rate": lr} for g in groups}
         state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, values))
-        loss_fn = step_lib.bound(state, trainer._loss)
+        loss_fn = step_lib.bound(state, loss_of)
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
         return state.apply_gradients(grads=grads), loss
 
     return jax.jit(step, donate_argnums=0)
-
-
-def _batches(trainer: Any, data: Any):
-    """Batches of `data`, epoch after epoch (a sweep may be longer than one epoch)."""
-    epoch = 0
-    while True:
-        produced = False
-        for batch in trainer._epoch_batches(data, epoch):
-            produced = True
-            yield batch
-        if not produced:
-            raise ValueError("train_data yielded no batch")
-        epoch += 1
 
 
 def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, num_steps: int,
@@ -71,12 +67,12 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
     state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
     state = jax.device_put(state, trainer.state_sharding())
     k = chunk_size(num_steps)
-    cache = trainer.__dict__.setdefault("_range_test_fns", {})
+    cache = _STEP_FNS.setdefault(trainer, {})
     if tuple(groups) not in cache:
         cache[tuple(groups)] = _step_fn(trainer, groups)
     step = cache[tuple(groups)]
     base_key = jax.random.fold_in(jax.random.PRNGKey(trainer.seed), 0x5EED)
-    stream = _batches(trainer, data)
+    stream = EpochReader().forever(data)
     shape = None
     losses: list[float] = []
     pending: list[jax.Array] = []

@@ -17,11 +17,10 @@ How the three invariants are kept:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -31,15 +30,19 @@ import numpy as np
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.contract import RunPlan
+from flax_lr_callbacks.data.epochs import EpochReader, steps_per_epoch
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
+from flax_lr_callbacks.runtime import CallbackHost
 from flax_lr_callbacks.step import TrainerState
+from flax_lr_callbacks.validation import check_count
 
 __all__ = ["Trainer", "TrainerState"]
 
 log = logging.getLogger(__name__)
 
 
-class Trainer:
+class Trainer(CallbackHost):
     """Fits a Flax train state with LR callbacks running inside one jitted step.
 
     Args:
@@ -98,15 +101,10 @@ class Trainer:
         if max_epochs is None and max_steps is None:
             raise ValueError("give max_epochs or max_steps (both are None)")
         for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps),
-                            ("steps_per_epoch", steps_per_epoch)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ValueError(
-                f"log_every_n_steps must be an int >= 1, got {log_every_n_steps=}"
-            )
-        if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
-            raise ValueError(f"steps_per_dispatch must be an int >= 1, got {steps_per_dispatch=}")
+                            ("steps_per_epoch", steps_per_epoch),
+                            ("log_every_n_steps", log_every_n_steps),
+                            ("steps_per_dispatch", steps_per_dispatch)):
+            check_count(name, value, allow_none=True)
         if log_every_n_steps % steps_per_dispatch:
             raise ValueError(
                 f"log_every_n_steps={log_every_n_steps} must be a multiple of "
@@ -138,26 +136,15 @@ class Trainer:
         self.eval_fn = eval_fn
         self.enable_progress_bar = enable_progress_bar
 
-        # Host counters and results, readable by callbacks.
-        self.global_step = 0
-        self.current_epoch = 0
-        self.batch_in_epoch = 0  # batches of the current epoch done (the data position)
-        self.resuming = False  # True during a fit that continues from a checkpoint
-        self.resumed_from: str | None = None  # that checkpoint's step directory
-        self.start_step = 0  # global_step when this fit started (> 0 when resuming)
-        self.steps_per_epoch = 0
-        self.total_steps = 0
-        self.max_epochs_planned = 0
-        self.callback_metrics: dict[str, float] = {}
-        self.should_stop = False
+        # Host counters (`progress`), plan and metrics, readable by callbacks (`HostContext`).
+        self._reset_host(RunPlan(0, 0, 0))
         self.trainer_state: TrainerState | None = None
         self.train_data: Any = None  # the data of the running fit, for callbacks (LRFinder)
         self.val_data: Any = None
         self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
-        self._window_start = 0
         self._buffer_layouts: dict[Any, dict[str, jax.Array]] = {}
         self._hook_users: dict[str, list[Callback]] = {}
-        self._data_iter: Any = None  # the running epoch's iterator, when data is not indexable
+        self.data = EpochReader()  # the data position of the running epoch (checkpoints)
         from flax_lr_callbacks import parallel
 
         self.placement = parallel.Placement(
@@ -185,23 +172,10 @@ class Trainer:
         return step_lib.eval_sums(state, batch, loss=self._loss, eval_fn=self.eval_fn)
 
     # ------------------------------------------------------------------ set-up
-    def _resolve_steps_per_epoch(self, data: Any) -> int:
-        if self.steps_per_epoch_arg is not None:
-            return self.steps_per_epoch_arg
-        try:
-            n = len(data)
-        except TypeError:
-            raise ValueError(
-                "train_data has no len(); pass Trainer(steps_per_epoch=...)"
-            ) from None
-        if n < 1:
-            raise ValueError(f"train_data is empty (len(train_data)={n})")
-        return n
-
     def init_trainer_state(self, state: Any, steps_per_epoch: int, total_steps: int,
                            first_batch: Any) -> TrainerState:
         """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
-        base, cb_states = step_lib.init_rule_state(self.callbacks, state.opt_state, self)
+        base, cb_states = self.init_rules(state.opt_state)
         # The step donates its whole input, so nothing in it may alias the caller's arrays
         # (or another leaf of the input): copy the state (base values are fresh copies).
         state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
@@ -242,51 +216,7 @@ class Trainer:
         """Where the carried state lives: replicated over the mesh, or on the first device."""
         return self.placement.state_sharding()
 
-    # ------------------------------------------------------------------ host access
-    def callback_state(self, callback: Callback) -> Any:
-        """The device state of `callback` (also one nested in a composite) in the running fit."""
-        return step_lib.get_callback_state(self.trainer_state, self.callbacks, callback)
-
-    def update_callback_state(self, callback: Callback, **values: Any) -> None:
-        """Writes host values into fields of `callback`'s device state without recompiling.
-
-        Each value is cast to the field's dtype and placed with its sharding, so the jitted
-        step sees the same signature. `callback` may be nested inside a composite.
-        """
-        self.trainer_state = step_lib.replace_callback_state(
-            self.trainer_state, self.callbacks, callback, **values)
-
-    def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
-        """Sets the base value of an injected hyperparameter (the value rules start from)."""
-        self.trainer_state = step_lib.replace_base_hyperparam(self.trainer_state, name, value,
-                                                              group)
-
     # ------------------------------------------------------------------ the loop
-    def _epoch_batches(self, data: Any, epoch: int, start: int = 0,
-                       iterator_state: Any = None) -> Iterable[Any]:
-        """The batches of `epoch` from batch `start` on.
-
-        Random-access data (Grain `MapDataset`, `ArrayDataset`) jumps straight to `start`.
-        An iterator with Grain's ``get_state``/``set_state`` is restored from
-        `iterator_state`; any other iterable is re-read and its first `start` batches skipped.
-        """
-        if hasattr(data, "for_epoch"):
-            data = data.for_epoch(epoch)
-        if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-            self._data_iter = None
-            return (data[i] for i in range(start, len(data)))
-        it = iter(data)
-        self._data_iter = it
-        if start and iterator_state is not None and hasattr(it, "set_state"):
-            it.set_state(iterator_state)
-            return it
-        return itertools.islice(it, start, None)
-
-    def _first_batch(self, data: Any) -> Any:
-        for batch in self._epoch_batches(data, 0):
-            return batch
-        raise ValueError("train_data yielded no batch")
-
     def _call(self, hook: str, *args: Any) -> None:
         state = self.trainer_state.train_state if self.trainer_state is not None else None
         # Only callbacks that override the hook: the per-step hook runs thousands of times.
@@ -311,21 +241,17 @@ class Trainer:
             Trainer must be configured as before (same epochs, data length, callbacks); a
             mismatch raises `CheckpointError` naming it.
         """
-        spe = self._resolve_steps_per_epoch(train_data)
+        spe = steps_per_epoch(train_data, self.steps_per_epoch_arg)
         epochs = self.max_epochs if self.max_epochs is not None else math.ceil(
             self.max_steps / spe)
         total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
-        self.steps_per_epoch, self.total_steps, self.max_epochs_planned = spe, total, epochs
-        self.global_step = self.current_epoch = self.batch_in_epoch = self._window_start = 0
-        self.start_step = 0
-        self.callback_metrics = {}
-        self.should_stop = False
+        self._reset_host(RunPlan(spe, total, epochs))
         self.train_data, self.val_data = train_data, val_data
         self._hook_users = {
             hook: [c for c in self.callbacks
                    if getattr(type(c), hook) is not getattr(Callback, hook)]
             for hook in ("on_train_batch_end", "on_log")}
-        first_batch = self._first_batch(train_data)
+        first_batch = self.data.first_batch(train_data)
         start_epoch, start_batch, iterator_state = 0, 0, None
         self.resuming, self.resumed_from = resume_from is not None, None
         if resume_from is None:
@@ -345,8 +271,8 @@ class Trainer:
                 start = start_batch if epoch == start_epoch else 0
                 self.batch_in_epoch = start
                 self._call("on_train_epoch_start")
-                batches = self._epoch_batches(train_data, epoch, start,
-                                              iterator_state if start else None)
+                batches = self.data.batches(train_data, epoch, start,
+                                            iterator_state if start else None)
                 pending: list[Any] = []
                 for batch in batches:
                     if (self.batch_in_epoch >= spe or self.global_step >= total
@@ -417,14 +343,14 @@ class Trainer:
 
     def _log_point(self) -> None:
         """Fetches the metric buffer in one transfer and hands the window to callbacks."""
-        start, end = self._window_start, self.global_step
+        start, end = self.progress.window_start, self.global_step
         if end <= start:
             return
         buffer = jax.device_get(self.trainer_state.buffer)
         rows = np.arange(start, end) % self.log_every_n_steps
         history = {"step": np.arange(start, end)}
         history.update({k: np.asarray(v)[rows] for k, v in buffer.items()})
-        self._window_start = end
+        self.progress.window_start = end
         train = {"train_loss": float(history["loss"].mean())}
         train.update({k: float(v.mean()) for k, v in history.items() if k.startswith("train_")})
         self.callback_metrics.update(train)
@@ -484,7 +410,7 @@ class Trainer:
         Batch sums stay on device and are fetched once at the end.
         """
         totals = None
-        for batch in self._epoch_batches(val_data, 0):
+        for batch in EpochReader().batches(val_data, 0):
             sums = self._eval_step(state, self.placement.put_batch(batch, strict=False))
             totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
         if totals is None:

@@ -164,3 +164,50 @@ def test_bare_array_state_write_is_a_clear_error(data, state):
     with pytest.raises(TypeError, match=r"BareState has a device state of type .*Array.*"
                                         r"return a NamedTuple from init_state"):
         quiet(max_epochs=1, callbacks=[BareState()]).fit(state, *data)
+
+
+def test_trainer_and_lrcallbacks_satisfy_the_host_contract(state):
+    """Both hosts implement `HostContext`; counters live in one `Progress` object."""
+    from flax_lr_callbacks import LRCallbacks
+    from flax_lr_callbacks.contract import HostContext, Progress
+
+    trainer = quiet(max_epochs=1)
+    lrc = LRCallbacks([], steps_per_epoch=3, max_epochs=2)
+    for host in (trainer, lrc):
+        assert isinstance(host, HostContext)
+        host.global_step = 7
+        assert host.progress.global_step == 7 and isinstance(host.progress, Progress)
+    assert lrc.plan == (3, 6, 2)
+    p = Progress(global_step=3, window_start=2, resuming=True)
+    q = Progress()
+    q.load(p.as_dict())
+    assert q == p
+    with pytest.raises(KeyError, match="no field 'step'"):
+        q.load({"step": 1})
+
+
+class StopAt(Callback):
+    def on_train_batch_end(self, trainer, state):
+        if trainer.global_step == 4:
+            trainer.request_stop()
+
+
+def test_request_stop_ends_the_fit(data, state):
+    """A hook's `request_stop()` ends the fit after the current step."""
+    trainer = quiet(max_epochs=3, callbacks=[StopAt()])
+    trainer.fit(state, *data)
+    assert trainer.global_step == 4
+
+
+def test_no_module_outside_the_trainer_reads_its_private_fields():
+    """Callbacks, checkpoints and the LR sweep use only the public contract."""
+    import pathlib
+    import re
+
+    import flax_lr_callbacks
+
+    root = pathlib.Path(flax_lr_callbacks.__file__).parent
+    offenders = [f"{p.relative_to(root)}:{m.group(0)}" for p in root.rglob("*.py")
+                 if p.name != "trainer.py"
+                 for m in re.finditer(r"trainer\.(_\w+)", p.read_text())]
+    assert offenders == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,32 +10,9 @@ import jax.numpy as jnp
 
 from flax_lr_callbacks.callbacks.base import StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
+from flax_lr_callbacks.validation import check_choice, check_number  # noqa: F401 (re-export)
 
 UNITS = ("step", "epoch")
-
-
-def check_choice(name: str, value: Any, options: Sequence[Any]) -> None:
-    if value not in options:
-        raise ValueError(f"{name} must be one of {list(options)}, got {name}={value!r}")
-
-
-def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False, integer: bool = False,
-                 allow_none: bool = False) -> None:
-    """Raises ValueError naming `name`, the value and the allowed range."""
-    if value is None and allow_none:
-        return
-    kind = "an int" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise ValueError(f"{name} must be {kind}, got {name}={value!r}")
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    bounds = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be in {bounds}, got {name}={value!r}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{name} must be in {bounds}, got {name}={value!r}")
 
 
 def clock(ctx: StepContext, unit: str) -> jax.Array:

@@ -31,7 +31,8 @@ callback and what it returned. Write fields from the host only into a NamedTuple
 state; a bare-array state is fine for in-graph use but cannot be written by name.
 
 *Host hooks.* Lightning names, each called as ``hook(trainer, state, ...)`` with device
-arrays. A hook must not pull device values to the host except at its own decision points (a
+arrays; `trainer` is a `contract.HostContext` (a `Trainer`, or `LRCallbacks` in a custom
+loop): read its plan, counters, metrics and logger, and write only through its methods. A hook must not pull device values to the host except at its own decision points (a
 plateau check at validation end), and writes decisions back with
 `trainer.update_callback_state(self, ...)`, which keeps dtype and sharding (no retrace).
 """
@@ -43,6 +44,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from flax_lr_callbacks.contract import HostContext, RunPlan
 from flax_lr_callbacks.hyperparams import Hyperparams
 
 __all__ = ["Callback", "HOST_HOOKS", "NORMS", "Observation", "RunPlan", "StepContext",
@@ -107,13 +109,6 @@ class Observation(NamedTuple):
     update_norm: jax.Array | None = None
 
 
-class RunPlan(NamedTuple):
-    """What a callback may know about the run before it starts (the Trainer has these too)."""
-
-    steps_per_epoch: int
-    total_steps: int
-
-
 class Callback:
     """Base class. Override only what you need; every hook is a no-op by default.
 
@@ -149,7 +144,7 @@ class Callback:
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> Any:
         """Device pytree carried through the train step; called at fit start.
 
-        `plan` has ``steps_per_epoch`` and ``total_steps`` (the Trainer itself is passed).
+        `plan` is a `RunPlan` (``steps_per_epoch``, ``total_steps``, ``max_epochs``).
         """
         return ()
 
@@ -184,36 +179,36 @@ class Callback:
         return planned_values([self], num_steps, steps_per_epoch or num_steps, hparams)
 
     # ---- host face ------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any, state: Any) -> None:
+    def on_fit_start(self, trainer: HostContext, state: Any) -> None:
         """Called once before the first step (after `init_state`).
 
         When ``trainer.resuming``, `load_state_dict` has already restored this callback's host
         state and its device state is the checkpoint's: keep both, do not re-initialize.
         """
 
-    def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
+    def on_train_epoch_start(self, trainer: HostContext, state: Any) -> None:
         """Called before the first batch of each epoch."""
 
-    def on_train_batch_end(self, trainer: Any, state: Any) -> None:
+    def on_train_batch_end(self, trainer: HostContext, state: Any) -> None:
         """Called after each step is dispatched; `trainer.global_step` steps are done."""
 
-    def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
+    def on_log(self, trainer: HostContext, state: Any, history: dict[str, Any]) -> None:
         """Called at each log point with the per-step host values since the last one.
 
         `history` maps ``"step"`` and every recorded quantity (``"loss"``, ``"lr"``, ...) to a
         NumPy array with one entry per step of the window, fetched in one transfer.
         """
 
-    def on_validation_end(self, trainer: Any, state: Any) -> None:
+    def on_validation_end(self, trainer: HostContext, state: Any) -> None:
         """Called after validation; `trainer.callback_metrics` holds the fresh ``val_*``."""
 
-    def on_train_epoch_end(self, trainer: Any, state: Any) -> None:
+    def on_train_epoch_end(self, trainer: HostContext, state: Any) -> None:
         """Called at the end of each epoch, after validation."""
 
-    def on_fit_end(self, trainer: Any, state: Any) -> None:
+    def on_fit_end(self, trainer: HostContext, state: Any) -> None:
         """Called once after the last step."""
 
-    def teardown(self, trainer: Any, state: Any) -> None:
+    def teardown(self, trainer: HostContext, state: Any) -> None:
         """Called when a fit ends, also when it raised (release files, wait for writes)."""
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""The host-side callback contract, typed: what a hook may read and the calls it may make.
+
+Host hooks receive the object running the fit: a `Trainer`, or `LRCallbacks` in a
+hand-written loop. Both satisfy `HostContext`, and nothing else of theirs is part of the
+contract. Callbacks that stay within it run under both.
+
+* `RunPlan` (frozen): the run's shape, fixed at fit start.
+* `Progress`: every host counter of the running fit, in one object that checkpoints save and
+  restore as a whole.
+* `HostContext`: the read-only view (`plan`, `progress`, counters, metrics, logger) and the
+  three writes (device state, a base hyperparameter, a stop request).
+
+This module imports nothing from the package, so any module may depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+__all__ = ["RunPlan", "Progress", "HostContext", "progress_property"]
+
+
+class RunPlan(NamedTuple):
+    """What a callback may know about the run before it starts (`init_state` gets it).
+
+    Attributes:
+      steps_per_epoch: batches per epoch.
+      total_steps: steps the fit plans to run.
+      max_epochs: planned epochs (0 when not known, e.g. in `preview` of a partial run).
+    """
+
+    steps_per_epoch: int
+    total_steps: int
+    max_epochs: int = 0
+
+
+@dataclasses.dataclass
+class Progress:
+    """Host counters of a running fit. Checkpoints save `as_dict()` and restore with `load`.
+
+    Attributes:
+      global_step: steps done in this run (resumes continue it).
+      current_epoch: 0-based epoch being trained.
+      batch_in_epoch: batches of the current epoch done (the data position).
+      start_step: `global_step` when this fit started (> 0 when resuming).
+      window_start: first step not yet handed to `on_log`.
+      should_stop: a hook asked the fit to stop after the current step.
+      resuming: this fit continues from a checkpoint.
+      resumed_from: that checkpoint's step directory.
+    """
+
+    global_step: int = 0
+    current_epoch: int = 0
+    batch_in_epoch: int = 0
+    start_step: int = 0
+    window_start: int = 0
+    should_stop: bool = False
+    resuming: bool = False
+    resumed_from: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load(self, values: dict[str, Any]) -> None:
+        """Sets the fields named in `values` (unknown names raise a KeyError)."""
+        for name, value in values.items():
+            if name not in self.__dataclass_fields__:
+                raise KeyError(f"Progress has no field {name!r}")
+            setattr(self, name, value)
+
+
+def progress_property(name: str) -> property:
+    """An attribute that reads and writes ``self.progress.<name>`` (the classic trainer
+    attribute names stay, with one place that holds the values)."""
+    def get(self: Any) -> Any:
+        return getattr(self.progress, name)
+
+    def set_(self: Any, value: Any) -> None:
+        setattr(self.progress, name, value)
+
+    return property(get, set_, doc=f"``progress.{name}``.")
+
+
+@runtime_checkable
+class HostContext(Protocol):
+    """What a host hook may use of the object running the fit (`Trainer`, `LRCallbacks`).
+
+    Reads: `plan`, `progress` and its counters under their classic names, the metrics
+    (``train_loss``, ``val_*``, what callbacks put there) and the logger (None in a custom
+    loop). Writes: only through the three methods, which keep dtype and sharding (no retrace).
+    """
+
+    callbacks: list[Any]
+    callback_metrics: dict[str, float]
+    logger: Any
+    progress: Progress
+
+    @property
+    def plan(self) -> RunPlan: ...
+
+    @property
+    def global_step(self) -> int: ...
+
+    @property
+    def current_epoch(self) -> int: ...
+
+    @property
+    def resuming(self) -> bool: ...
+
+    @property
+    def steps_per_epoch(self) -> int: ...
+
+    @property
+    def total_steps(self) -> int: ...
+
+    def callback_state(self, callback: Any) -> Any:
+        """The device state of `callback` (also one nested in a composite)."""
+
+    def update_callback_state(self, callback: Any, **values: Any) -> None:
+        """Writes host values into named fields of `callback`'s device state."""
+
+    def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
+        """Sets the base value of an injected hyperparameter (the value rules start from)."""
+
+    def request_stop(self) -> None:
+        """Asks the fit to stop after the current step (Lightning's ``should_stop = True``)."""
