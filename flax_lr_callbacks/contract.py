@@ -4,7 +4,8 @@ Host hooks receive the object running the fit: a `Trainer`, or `LRCallbacks` in 
 hand-written loop. Both satisfy `HostContext`, and nothing else of theirs is part of the
 contract. Callbacks that stay within it run under both.
 
-* `RunPlan` (frozen): the run's shape, fixed at fit start.
+* `RunPlan` (frozen): the run's shape, fixed at fit start (`Callback.init_state` gets it).
+* `StepContext` and `Observation`: what the in-graph faces (`rule`, `observe`) read.
 * `Progress`: every host counter of the running fit, in one object that checkpoints save and
   restore as a whole.
 * `HostContext`: the read-only view (`plan`, `progress`, counters, metrics, logger) and the
@@ -18,7 +19,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["RunPlan", "Progress", "HostContext", "progress_property"]
+import jax
+
+__all__ = ["RunPlan", "StepContext", "Observation", "Progress", "HostContext",
+           "progress_property"]
 
 
 class RunPlan(NamedTuple):
@@ -33,6 +37,41 @@ class RunPlan(NamedTuple):
     steps_per_epoch: int
     total_steps: int
     max_epochs: int = 0
+
+
+class StepContext(NamedTuple):
+    """Traced counters a rule may read. All are int32 scalars inside the step.
+
+    Attributes:
+      step: 0-based step of this fit (the clock schedules read; resumes restore it).
+      epoch: ``step // steps_per_epoch``.
+      steps_per_epoch: batches per epoch.
+      total_steps: steps the fit plans to run (``max_epochs * steps_per_epoch``, or
+        ``max_steps`` when that is smaller).
+    """
+
+    step: jax.Array
+    epoch: jax.Array
+    steps_per_epoch: jax.Array
+    total_steps: jax.Array
+
+
+class Observation(NamedTuple):
+    """What `Callback.observe` sees after a step's gradient update (all traced).
+
+    Attributes:
+      loss: the step's training loss (float32 scalar).
+      metrics: the loss function's metrics, ``{name: scalar}``.
+      grad_norm: global L2 norm of the gradients, or None unless a callback lists
+        ``"grad_norm"`` in `observes`.
+      update_norm: global L2 norm of the parameter change of this step, or None unless a
+        callback lists ``"update_norm"`` in `observes`.
+    """
+
+    loss: jax.Array
+    metrics: dict[str, jax.Array]
+    grad_norm: jax.Array | None = None
+    update_norm: jax.Array | None = None
 
 
 @dataclasses.dataclass

@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lr_callbacks.callbacks._util import waiting_for_peak
-from flax_lr_callbacks.callbacks.base import (Callback, RunPlan, StepContext, apply_rules,
-                                              check_setters)
+from flax_lr_callbacks.callbacks.peak import waiting_for_peak
+from flax_lr_callbacks.contract import RunPlan, StepContext
+from flax_lr_callbacks.rules import apply_rules, check_setters
+
+if TYPE_CHECKING:  # only for annotations: Callback.curve imports this module
+    from flax_lr_callbacks.callbacks.base import Callback
 
 __all__ = ["preview", "planned_values"]
 

@@ -211,3 +211,15 @@ def test_no_module_outside_the_trainer_reads_its_private_fields():
                  if p.name != "trainer.py"
                  for m in re.finditer(r"trainer\.(_\w+)", p.read_text())]
     assert offenders == []
+
+
+def test_no_import_cycles():
+    """scripts/import_cycles.py finds no cycle between the package's modules."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parent.parent
+    out = subprocess.run([sys.executable, "scripts/import_cycles.py"], cwd=root,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and " 0 import cycles" in out.stdout, out.stdout
