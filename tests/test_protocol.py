@@ -223,3 +223,35 @@ def test_no_import_cycles():
     out = subprocess.run([sys.executable, "scripts/import_cycles.py"], cwd=root,
                          capture_output=True, text=True)
     assert out.returncode == 0 and " 0 import cycles" in out.stdout, out.stdout
+
+
+def _readme_blocks():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = text[text.index("## Write your own callback"):]
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_write_your_own_callback_runs(data, state):
+    """The README section's code runs: warmup-then-exponential values, the spike guard in a
+    fit with one compile, and the shipped callbacks' snippet."""
+    import numpy as np
+    import flax_lr_callbacks as flc
+    blocks = _readme_blocks()
+    assert len(blocks) == 3
+    env = {"Callback": Callback, "jnp": jnp, "jax": jax, "NamedTuple": NamedTuple,
+           "loss_fn": loss_fn, **{n: getattr(flc, n) for n in flc.__all__}}
+    for block in blocks:
+        exec(block, env)
+    assert sum(len(line) > 0 for line in blocks[0].splitlines()) == 13
+    values = env["WarmupThenExp"](0.1, 4, 0.5).curve(7)["learning_rate"]
+    np.testing.assert_allclose(values, [0.025, 0.05, 0.075, 0.1, 0.05, 0.025, 0.0125],
+                               rtol=1e-6)
+    trainer = quiet(max_epochs=2, callbacks=[env["WarmupThenExp"](0.1, 4, 0.9),
+                                             env["SpikeGuard"]()])
+    trainer.fit(state, *data)
+    assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
+    assert isinstance(env["trainer"], Trainer)
