@@ -22,7 +22,20 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 
 __all__ = ["RunPlan", "StepContext", "Observation", "Progress", "HostContext",
-           "progress_property"]
+           "hparam_key", "parse_hparam_key", "progress_property"]
+
+
+def hparam_key(group: str, name: str) -> str:
+    """Key of an applied hyperparameter in the per-step records: ``"hp/<group>/<name>"``."""
+    return f"hp/{group}/{name}"
+
+
+def parse_hparam_key(key: str) -> tuple[str, str] | None:
+    """``"hp/<group>/<name>"`` -> ``(group, name)``; any other record key -> None."""
+    if not key.startswith("hp/"):
+        return None
+    group, _, name = key[3:].rpartition("/")
+    return group, name
 
 
 class RunPlan(NamedTuple):

@@ -208,8 +208,7 @@ class LRCallbacks(CallbackHost):
         self.trainer_state = lr_state
         self.global_step = int(lr_state.step)  # the one sync of a host point
         for hook in hooks:
-            for cb in self.callbacks:
-                getattr(cb, hook)(self, None)
+            self.call_hook(hook, None)
         lr_state, self.trainer_state = self.trainer_state, None
         return lr_state
 

@@ -9,10 +9,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from collections.abc import Sequence
+
 from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.contract import Progress, RunPlan, progress_property
 
-__all__ = ["CallbackHost"]
+__all__ = ["CallbackHost", "arrange_callbacks"]
+
+# Hooks that run per step or per log point: called only on callbacks that override them.
+_HOT_HOOKS = ("on_train_batch_end", "on_log")
+
+
+def arrange_callbacks(callbacks: Sequence[Any], *, progress_bar: bool) -> list[Callback]:
+    """Checks the list, adds a `ProgressBar` unless there is one (or `progress_bar` is
+    False), and puts checkpoints last (as in Lightning), so they hold every other hook's
+    decisions."""
+    from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
+    from flax_lr_callbacks.callbacks.progress import ProgressBar
+
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+    if progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(ProgressBar())
+    return ([c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            + [c for c in callbacks if isinstance(c, ModelCheckpoint)])
 
 
 class CallbackHost:
@@ -52,6 +75,19 @@ class CallbackHost:
     @property
     def max_epochs_planned(self) -> int:
         return self._plan.max_epochs
+
+    def _index_hooks(self) -> None:
+        """Remembers which callbacks override the hot hooks (the per-step hook runs
+        thousands of times per fit)."""
+        self._hook_users = {hook: [c for c in self.callbacks
+                                   if getattr(type(c), hook) is not getattr(Callback, hook)]
+                            for hook in _HOT_HOOKS}
+
+    def call_hook(self, hook: str, state: Any, *args: Any) -> None:
+        """Calls `hook` on every callback (that overrides it, for the hot hooks)."""
+        users = getattr(self, "_hook_users", {}).get(hook, self.callbacks)
+        for cb in users:
+            getattr(cb, hook)(self, state, *args)
 
     def init_rules(self, opt_state: Any) -> tuple[Any, tuple]:
         """Configures and checks the callbacks against `opt_state` for `plan`; returns the

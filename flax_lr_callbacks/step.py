@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
-from flax_lr_callbacks.callbacks.base import (Callback, Observation, StepContext, apply_rules,
-                                              check_setters, hparam_key, observe_all,
-                                              requested_norms)
+from flax_lr_callbacks.contract import Observation, StepContext, hparam_key
+from flax_lr_callbacks.rules import apply_rules, check_setters, observe_all, requested_norms
+
+if TYPE_CHECKING:  # annotations only: Callback.curve -> preview -> this module
+    from flax_lr_callbacks.callbacks.base import Callback
 
 __all__ = ["TrainerState", "LossFn", "step_context", "train_step", "fused_steps", "record",
            "empty_buffer", "eval_sums"]
@@ -57,20 +59,23 @@ class LossFn:
         return out, {}
 
 
-def init_rule_state(callbacks: Sequence[Callback], opt_state: Any, plan: Any
+def init_rule_state(callbacks: Sequence[Callback], opt_state: Any, plan: Any, *,
+                    base: hp_lib.Hyperparams | None = None
                     ) -> tuple[hp_lib.Hyperparams, tuple]:
     """Configures and checks `callbacks` against `opt_state`; returns fresh float32 copies of
     the base hyperparameters and each callback's initial device state.
 
-    Shared by the Trainer and the drop-in `LRCallbacks`. The copies never alias `opt_state`
-    (a donating step must not free the caller's arrays).
+    The one set-up sequence, shared by the Trainer, the drop-in `LRCallbacks` and `preview`
+    (which has no optimizer: ``opt_state=None`` with the `base` values to start from). The
+    copies never alias `opt_state` (a donating step must not free the caller's arrays).
     """
-    base = hp_lib.get_hyperparams(opt_state)
+    if opt_state is not None:
+        base = hp_lib.get_hyperparams(opt_state)
     for cb in callbacks:
         cb.configure(base)
     for cb in callbacks:
         names = tuple(cb.sets) + tuple(cb.scales)
-        if names:
+        if names and opt_state is not None:
             hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
     check_setters(callbacks, base)
     base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}

@@ -30,10 +30,11 @@ import numpy as np
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.contract import RunPlan
 from flax_lr_callbacks.data.epochs import EpochReader, steps_per_epoch
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
-from flax_lr_callbacks.runtime import CallbackHost
+from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
 from flax_lr_callbacks.step import TrainerState
 from flax_lr_callbacks.validation import check_count
 
@@ -110,19 +111,7 @@ class Trainer(CallbackHost):
                 f"log_every_n_steps={log_every_n_steps} must be a multiple of "
                 f"steps_per_dispatch={steps_per_dispatch} (the record buffer is fetched "
                 "between dispatches)")
-        callbacks = list(callbacks)
-        for cb in callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
-        from flax_lr_callbacks.callbacks.progress import ProgressBar
-
-        from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
-
-        if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(ProgressBar())
-        # Checkpoints run last (as in Lightning), so they hold every other hook's decisions.
-        callbacks = ([c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-                     + [c for c in callbacks if isinstance(c, ModelCheckpoint)])
+        callbacks = arrange_callbacks(callbacks, progress_bar=enable_progress_bar)
         self.loss_fn = loss_fn
         self.max_epochs = max_epochs
         self.max_steps = max_steps
@@ -141,70 +130,34 @@ class Trainer(CallbackHost):
         self.trainer_state: TrainerState | None = None
         self.train_data: Any = None  # the data of the running fit, for callbacks (LRFinder)
         self.val_data: Any = None
-        self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
-        self._buffer_layouts: dict[Any, dict[str, jax.Array]] = {}
-        self._hook_users: dict[str, list[Callback]] = {}
         self.data = EpochReader()  # the data position of the running epoch (checkpoints)
         from flax_lr_callbacks import parallel
 
         self.placement = parallel.Placement(
             parallel.default_mesh(data_axis) if isinstance(mesh, str) and mesh == "auto"
             else mesh, data_axis)
-        self._train_step = jax.jit(self._step, donate_argnums=0,
-                                   out_shardings=self.placement.state_sharding())
-        self._fused_step = jax.jit(self._fused, donate_argnums=0,
-                                   out_shardings=self.placement.state_sharding())
-        self.num_fused_traces = 0
-        self._eval_step = jax.jit(self._eval_batch)
-
-    # ------------------------------------------------------------------ in-graph pieces
-    def _step(self, ts: TrainerState, batch: Any) -> TrainerState:
-        self.num_step_traces += 1  # Python side effect: runs only when tracing
-        return step_lib.train_step(ts, batch, loss=self._loss, callbacks=self.callbacks,
-                                   buffer_size=self.log_every_n_steps)
-
-    def _fused(self, ts: TrainerState, batches: Any) -> TrainerState:
-        self.num_fused_traces += 1
-        return step_lib.fused_steps(ts, batches, loss=self._loss, callbacks=self.callbacks,
-                                    buffer_size=self.log_every_n_steps)
-
-    def _eval_batch(self, state: Any, batch: Any) -> dict[str, jax.Array]:
-        return step_lib.eval_sums(state, batch, loss=self._loss, eval_fn=self.eval_fn)
+        self.steps = CompiledSteps(self._loss, self.callbacks, buffer_size=log_every_n_steps,
+                                   eval_fn=eval_fn, placement=self.placement)
+        self._train_step, self._fused_step = self.steps.train, self.steps.fused
+        self._eval_step = self.steps.eval
 
     # ------------------------------------------------------------------ set-up
     def init_trainer_state(self, state: Any, steps_per_epoch: int, total_steps: int,
                            first_batch: Any) -> TrainerState:
         """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
         base, cb_states = self.init_rules(state.opt_state)
-        # The step donates its whole input, so nothing in it may alias the caller's arrays
-        # (or another leaf of the input): copy the state (base values are fresh copies).
-        state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
-        ts = TrainerState(
-            train_state=state,
-            base_hparams=base,
-            callback_states=cb_states,
-            key=jax.random.PRNGKey(self.seed),
-            step=jnp.zeros((), jnp.int32),
-            steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
-            total_steps=jnp.asarray(total_steps, jnp.int32),
-            buffer={},
-        )
-        ts = ts._replace(buffer=self._empty_buffer(ts, first_batch))
-        # Commit everything to one explicit placement. jit keys its cache on committedness
-        # and sharding, so a host write (device_put with the field's sharding) into an
-        # uncommitted field would compile a second executable without retracing.
-        return jax.device_put(ts, self.state_sharding())
+        return self.steps.initial_state(state, base, cb_states, seed=self.seed,
+                                        steps_per_epoch=steps_per_epoch,
+                                        total_steps=total_steps, first_batch=first_batch)
 
-    def _empty_buffer(self, ts: TrainerState, batch: Any) -> dict[str, jax.Array]:
-        """The zeroed record buffer; its layout is found once per input structure (tracing
-        the loss for it costs tens of ms, a visible share of a short fit)."""
-        leaves, treedef = jax.tree_util.tree_flatten((ts, batch))
-        key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
-        if key not in self._buffer_layouts:
-            self._buffer_layouts[key] = step_lib.empty_buffer(
-                ts, batch, loss=self._loss, callbacks=self.callbacks,
-                buffer_size=self.log_every_n_steps)
-        return {k: jnp.zeros_like(v) for k, v in self._buffer_layouts[key].items()}
+    @property
+    def num_step_traces(self) -> int:
+        """Times the train step was traced (== compiles per input shape)."""
+        return self.steps.num_step_traces
+
+    @property
+    def num_fused_traces(self) -> int:
+        return self.steps.num_fused_traces
 
     @property
     def num_step_compiles(self) -> int:
@@ -219,9 +172,7 @@ class Trainer(CallbackHost):
     # ------------------------------------------------------------------ the loop
     def _call(self, hook: str, *args: Any) -> None:
         state = self.trainer_state.train_state if self.trainer_state is not None else None
-        # Only callbacks that override the hook: the per-step hook runs thousands of times.
-        for cb in self._hook_users.get(hook, self.callbacks):
-            getattr(cb, hook)(self, state, *args)
+        self.call_hook(hook, state, *args)
 
     def fit(self, state: Any, train_data: Any, val_data: Any = None, *,
             resume_from: str | os.PathLike | None = None) -> Any:
@@ -247,10 +198,7 @@ class Trainer(CallbackHost):
         total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
         self._reset_host(RunPlan(spe, total, epochs))
         self.train_data, self.val_data = train_data, val_data
-        self._hook_users = {
-            hook: [c for c in self.callbacks
-                   if getattr(type(c), hook) is not getattr(Callback, hook)]
-            for hook in ("on_train_batch_end", "on_log")}
+        self._index_hooks()
         first_batch = self.data.first_batch(train_data)
         start_epoch, start_batch, iterator_state = 0, 0, None
         self.resuming, self.resumed_from = resume_from is not None, None

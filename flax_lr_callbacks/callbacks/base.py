@@ -42,7 +42,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flax_lr_callbacks.contract import HostContext, Observation, RunPlan, StepContext
+from flax_lr_callbacks.contract import (HostContext, Observation, RunPlan,  # noqa: F401
+                                        StepContext, hparam_key, parse_hparam_key)
 from flax_lr_callbacks.hyperparams import Hyperparams
 # The runners of the in-graph faces, importable from here as before.
 from flax_lr_callbacks.rules import (NORMS, apply_rules, check_rule_output,  # noqa: F401
@@ -57,19 +58,6 @@ __all__ = ["Callback", "HOST_HOOKS", "NORMS", "Observation", "RunPlan", "StepCon
 # and a test checks that this list names every ``on_*`` method of `Callback` plus `teardown`.
 HOST_HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_log",
               "on_validation_end", "on_train_epoch_end", "on_fit_end", "teardown")
-
-
-def hparam_key(group: str, name: str) -> str:
-    """Key of an applied hyperparameter in the per-step records: ``"hp/<group>/<name>"``."""
-    return f"hp/{group}/{name}"
-
-
-def parse_hparam_key(key: str) -> tuple[str, str] | None:
-    """``"hp/<group>/<name>"`` -> ``(group, name)``; any other record key -> None."""
-    if not key.startswith("hp/"):
-        return None
-    group, _, name = key[3:].rpartition("/")
-    return group, name
 
 
 class Callback:
