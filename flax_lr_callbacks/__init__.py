@@ -22,6 +22,8 @@ from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
 from flax_lr_callbacks.data.grain import ArrayDataset
 from flax_lr_callbacks.dropin import LRCallbacks
 from flax_lr_callbacks.dropin import LRState
+from flax_lr_callbacks.dropin import apply_lr
+from flax_lr_callbacks.dropin import observe_lr
 from flax_lr_callbacks.finder import LRFinderResult
 from flax_lr_callbacks.hyperparams import get_hyperparam
 from flax_lr_callbacks.hyperparams import get_hyperparams
@@ -62,10 +64,12 @@ __all__ = [
     "TensorBoardLogger",
     "Trainer",
     "TrainerState",
+    "apply_lr",
     "get_hyperparam",
     "get_hyperparams",
     "injectable",
     "load_fashion_mnist",
+    "observe_lr",
     "preview",
     "set_hyperparam",
     "set_hyperparams",

@@ -26,6 +26,19 @@ linen::
         lr_state = lrc.validation_end(lr_state, {"val_loss": evaluate(state)})
         lr_state = lrc.epoch_end(lr_state)
 
+The step above closes over `lrc`. In a module-level ``@jax.jit`` step (as in the Flax
+examples) use the pure functions instead; the LR state carries its callbacks as static
+metadata, so no argument has to be static::
+
+    @jax.jit
+    def train_step(state, lr_state, batch):
+        opt_state, lr_state = apply_lr(state.opt_state, lr_state)
+        ...
+
+If the step forgets to write the returned optimizer state back, the LR would stay fixed
+silently; `apply` notices in-graph that the optimizer no longer holds what it wrote, and the
+next host call (`validation_end`, `epoch_end`, `finish`) raises a RuntimeError saying so.
+
 NNX: pass the `nnx.Optimizer` instead of an optax state; `apply` then writes the values into
 its variables in place (``variable[...] = value``) and returns only the new LR state:
 ``lr_state = lrc.apply(optimizer, lr_state)`` inside an `nnx.jit` step. For the fastest NNX
@@ -48,7 +61,23 @@ from flax_lr_callbacks.contract import RunPlan
 from flax_lr_callbacks.runtime import CallbackHost
 from flax_lr_callbacks.validation import check_count
 
-__all__ = ["LRCallbacks", "LRState"]
+__all__ = ["LRCallbacks", "LRState", "apply_lr", "observe_lr"]
+
+
+@jax.tree_util.register_static
+class BoundCallbacks:
+    """The callbacks an `LRState` belongs to, carried as static pytree metadata (no leaves):
+    `apply_lr` needs no other argument, and jit keys its cache on these same objects."""
+
+    def __init__(self, callbacks: tuple[Callback, ...]):
+        self.items = callbacks
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BoundCallbacks) and len(other.items) == len(self.items) and all(
+            a is b for a, b in zip(self.items, other.items))
+
+    def __hash__(self) -> int:
+        return hash(tuple(id(c) for c in self.items))
 
 
 class LRState(NamedTuple):
@@ -59,6 +88,49 @@ class LRState(NamedTuple):
     step: jax.Array  # int32 steps applied so far (the schedule clock)
     steps_per_epoch: jax.Array
     total_steps: jax.Array
+    applied: hp_lib.Hyperparams | None = None  # the values the last `apply` wrote
+    stale: jax.Array | None = None  # int32: steps whose optimizer state lacked those values
+    callbacks: BoundCallbacks | None = None  # static: what `apply_lr` runs
+
+
+def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
+    """`LRCallbacks.apply` as a pure function of its arguments, for a module-level
+    ``@jax.jit`` step that takes `lr_state` as an ordinary argument (its callbacks travel
+    inside it as static metadata).
+
+    Also checks, in-graph, that `opt_state` still holds the values the previous call wrote;
+    when it does not (the new optimizer state was not written back, so the LR would silently
+    stay fixed), the next host call of `LRCallbacks` raises a RuntimeError.
+    """
+    if lr_state.callbacks is None:
+        raise TypeError("this LRState has no callbacks bound; build it with LRCallbacks.init")
+    callbacks = lr_state.callbacks.items
+    inner = opt_state.opt_state if _is_nnx_optimizer(opt_state) else opt_state
+    current = hp_lib.get_hyperparams(inner)
+    missed = jnp.zeros((), jnp.bool_)
+    for g, names in lr_state.applied.items():
+        for n, v in names.items():
+            missed = missed | (jnp.asarray(current[g][n], jnp.float32) != v)
+    hparams, states = apply_rules(callbacks, step_lib.step_context(lr_state),
+                                  lr_state.base_hparams, lr_state.callback_states)
+    applied = {g: {n: jnp.asarray(hparams[g][n], jnp.float32) for n in names}
+               for g, names in lr_state.applied.items()}
+    new_lr = lr_state._replace(callback_states=states, step=lr_state.step + 1,
+                               applied=applied,
+                               stale=lr_state.stale + missed.astype(jnp.int32))
+    if _is_nnx_optimizer(opt_state):
+        hp_lib.set_hyperparams(opt_state.opt_state, hparams)
+        return new_lr
+    return hp_lib.set_hyperparams(opt_state, hparams), new_lr
+
+
+def observe_lr(lr_state: LRState, loss: Any, *, metrics: dict[str, Any] | None = None,
+               grads: Any = None, old_params: Any = None, new_params: Any = None) -> LRState:
+    """`LRCallbacks.observe` as a pure function (see `apply_lr`)."""
+    ctx = step_lib.step_context(lr_state._replace(step=lr_state.step - 1))
+    states = step_lib.observe(lr_state.callbacks.items, ctx, lr_state.callback_states, loss,
+                              metrics or {}, grads, old_params, new_params)
+    return lr_state._replace(callback_states=states)
 
 
 def _is_nnx_optimizer(x: Any) -> bool:
@@ -131,7 +203,11 @@ class LRCallbacks(CallbackHost):
             callback_states=cb_states,
             step=jnp.zeros((), jnp.int32),
             steps_per_epoch=jnp.asarray(self.steps_per_epoch, jnp.int32),
-            total_steps=jnp.asarray(self.total_steps, jnp.int32))
+            total_steps=jnp.asarray(self.total_steps, jnp.int32),
+            applied=jax.tree_util.tree_map(lambda v: jnp.array(v, jnp.float32, copy=True),
+                                           hp_lib.get_hyperparams(opt_state)),
+            stale=jnp.zeros((), jnp.int32),
+            callbacks=BoundCallbacks(tuple(self.callbacks)))
         # Place it like the optimizer's values: jit keys its cache on placement, so the LR
         # state must be committed exactly when the optimizer state is.
         sharding = self._sharding(opt_state)
@@ -144,6 +220,7 @@ class LRCallbacks(CallbackHost):
         """Continues from a saved `lr_state` (your checkpoint) and `state_dict()`."""
         self.load_state_dict(state_dict)
         self.resuming = True
+        lr_state = lr_state._replace(callbacks=BoundCallbacks(tuple(self.callbacks)))
         return self._host(lr_state, "on_fit_start", "on_train_epoch_start")
 
     # ------------------------------------------------------------------ in the jitted step
@@ -154,13 +231,7 @@ class LRCallbacks(CallbackHost):
         ``(opt_state, lr_state)``, or just ``lr_state`` for an `nnx.Optimizer` (written in
         place).
         """
-        hparams, states = apply_rules(self.callbacks, step_lib.step_context(lr_state),
-                                      lr_state.base_hparams, lr_state.callback_states)
-        new_lr = lr_state._replace(callback_states=states, step=lr_state.step + 1)
-        if _is_nnx_optimizer(opt_state):
-            hp_lib.set_hyperparams(opt_state.opt_state, hparams)
-            return new_lr
-        return hp_lib.set_hyperparams(opt_state, hparams), new_lr
+        return apply_lr(opt_state, lr_state)
 
     def observe(self, lr_state: LRState, loss: Any, *, metrics: dict[str, Any] | None = None,
                 grads: Any = None, old_params: Any = None, new_params: Any = None) -> LRState:
@@ -171,10 +242,8 @@ class LRCallbacks(CallbackHost):
         before and after the update when one observes ``"update_norm"``. Without such
         callbacks it returns `lr_state` unchanged and adds nothing to the step.
         """
-        ctx = step_lib.step_context(lr_state._replace(step=lr_state.step - 1))
-        states = step_lib.observe(self.callbacks, ctx, lr_state.callback_states, loss,
-                                  metrics or {}, grads, old_params, new_params)
-        return lr_state._replace(callback_states=states)
+        return observe_lr(lr_state, loss, metrics=metrics, grads=grads, old_params=old_params,
+                          new_params=new_params)
 
     # ------------------------------------------------------------------ host points
     def validation_end(self, lr_state: LRState, metrics: dict[str, Any]) -> LRState:
@@ -206,7 +275,15 @@ class LRCallbacks(CallbackHost):
 
     def _host(self, lr_state: LRState, *hooks: str) -> LRState:
         self.trainer_state = lr_state
-        self.global_step = int(lr_state.step)  # the one sync of a host point
+        step, stale = jax.device_get((lr_state.step, lr_state.stale))  # one transfer
+        if stale:
+            raise RuntimeError(
+                f"LRCallbacks: at {int(stale)} of the last steps the optimizer state did not "
+                "hold the values apply() wrote the step before, so the schedule was not "
+                "applied; write the returned optimizer state back (opt_state, lr_state = "
+                "lrc.apply(state.opt_state, lr_state); state = state.replace("
+                "opt_state=opt_state)) and give the next step that state")
+        self.global_step = int(step)  # the one sync of a host point
         for hook in hooks:
             self.call_hook(hook, None)
         lr_state, self.trainer_state = self.trainer_state, None

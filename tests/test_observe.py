@@ -195,3 +195,55 @@ def test_dropin_observe_in_a_module_level_jit_step(data):
     guard_state = jax.device_get(lr_state.callback_states[0])
     assert len(traces) == 1 and int(guard_state.num_spikes) >= 1
     assert min(float(v) for v in lrs) < 0.1
+
+
+@jax.jit
+def module_level_step(state, lr_state, batch):
+    """A Flax-examples-style step: module-level jit, the LR state an ordinary argument."""
+    from flax_lr_callbacks import apply_lr, observe_lr
+
+    opt_state, lr_state = apply_lr(state.opt_state, lr_state)
+    state = state.replace(opt_state=opt_state)
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    state = state.apply_gradients(grads=grads)
+    return state, observe_lr(lr_state, loss, grads=grads)
+
+
+@jax.jit
+def forgets_write_back(state, lr_state, batch):
+    from flax_lr_callbacks import apply_lr
+
+    _, lr_state = apply_lr(state.opt_state, lr_state)  # the new opt_state is dropped
+    grads = jax.grad(lambda p: loss_fn(p, batch)[0])(state.params)
+    return state.apply_gradients(grads=grads), lr_state
+
+
+def test_dropin_module_level_jit_with_lr_state_argument(data):
+    """apply_lr / observe_lr need no callbacks object: one compile for the whole loop."""
+    state = jax.device_put(make_state(), jax.devices()[0])  # committed, as after a step
+    lrc = LRCallbacks([OneCycle(0.2), GradNormGuard(threshold=1.05, warmup_steps=2)],
+                      steps_per_epoch=6, max_epochs=2)
+    lr_state = lrc.init(state.opt_state)
+    before = module_level_step._cache_size()
+    lrs = []
+    for epoch in range(2):
+        for batch in data[0].for_epoch(epoch):
+            state, lr_state = module_level_step(state, lr_state, batch)
+            lrs.append(float(state.opt_state.hyperparams["learning_rate"]))
+        lr_state = lrc.epoch_end(lr_state)
+    assert module_level_step._cache_size() == before + 1
+    plain = OneCycle(0.2).curve(12, 6, {"learning_rate": 0.1, "momentum": 0.9})
+    assert lrs[0] == pytest.approx(plain["learning_rate"][0])
+    assert int(lr_state.callback_states[1].num_spikes) >= 1
+
+
+def test_dropin_detects_a_forgotten_write_back(data):
+    """A step that drops apply's optimizer state is reported at the next host call."""
+    state = make_state()
+    lrc = LRCallbacks([OneCycle(0.2)], steps_per_epoch=6, max_epochs=2)
+    lr_state = lrc.init(state.opt_state)
+    for batch in data[0].for_epoch(0):
+        state, lr_state = forgets_write_back(state, lr_state, batch)
+    with pytest.raises(RuntimeError, match=r"at 5 of the last steps the optimizer state did not"
+                                           r" hold the values apply\(\) wrote"):
+        lrc.epoch_end(lr_state)
