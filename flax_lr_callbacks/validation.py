@@ -1,4 +1,5 @@
-"""Argument validation: one helper for numbers, one for choices (errors name the argument)."""
+"""Argument validation shared by every constructor: errors name the argument, the value and
+the allowed range or options."""
 
 from __future__ import annotations
 
