@@ -20,10 +20,10 @@ from flax_lr_callbacks.callbacks.restarts import CosineRestarts
 from flax_lr_callbacks.callbacks.schedule import LRSchedule
 from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
 from flax_lr_callbacks.data.grain import ArrayDataset
-from flax_lr_callbacks.dropin import LRCallbacks
-from flax_lr_callbacks.dropin import LRState
-from flax_lr_callbacks.dropin import apply_lr
-from flax_lr_callbacks.dropin import observe_lr
+from flax_lr_callbacks.lr_callbacks import LRCallbacks
+from flax_lr_callbacks.lr_callbacks import LRState
+from flax_lr_callbacks.lr_callbacks import apply_lr
+from flax_lr_callbacks.lr_callbacks import observe_lr
 from flax_lr_callbacks.finder import LRFinderResult
 from flax_lr_callbacks.hyperparams import get_hyperparam
 from flax_lr_callbacks.hyperparams import get_hyperparams

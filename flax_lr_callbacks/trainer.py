@@ -337,11 +337,11 @@ class Trainer(CallbackHost):
         With a logger, the plot is logged as the ``lr_finder`` figure and the suggestion as
         the ``lr_finder/suggestion`` scalar (step 0).
         """
-        from flax_lr_callbacks import range_test
+        from flax_lr_callbacks import lr_sweep
 
-        range_test.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
-                                 diverge_threshold, suggestion)
-        result = range_test.run(
+        lr_sweep.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
+                               diverge_threshold, suggestion)
+        result = lr_sweep.run(
             self, state, train_data, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps,
             mode=mode, smoothing=smoothing, diverge_threshold=diverge_threshold,
             suggestion=suggestion,
