@@ -7,6 +7,9 @@ from flax_lr_callbacks.checkpointing import CheckpointError
 from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
+from flax_lr_callbacks.callbacks.base import Observation
+from flax_lr_callbacks.callbacks.grad_norm_guard import GradNormGuard
+from flax_lr_callbacks.callbacks.smoothed_plateau import SmoothedPlateau
 from flax_lr_callbacks.callbacks.base import StepContext
 from flax_lr_callbacks.callbacks.lr_finder import LRFinder
 from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
@@ -17,8 +20,10 @@ from flax_lr_callbacks.callbacks.restarts import CosineRestarts
 from flax_lr_callbacks.callbacks.schedule import LRSchedule
 from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
 from flax_lr_callbacks.data.grain import ArrayDataset
-from flax_lr_callbacks.dropin import LRCallbacks
-from flax_lr_callbacks.dropin import LRState
+from flax_lr_callbacks.lr_callbacks import LRCallbacks
+from flax_lr_callbacks.lr_callbacks import LRState
+from flax_lr_callbacks.lr_callbacks import apply_lr
+from flax_lr_callbacks.lr_callbacks import observe_lr
 from flax_lr_callbacks.finder import LRFinderResult
 from flax_lr_callbacks.hyperparams import get_hyperparam
 from flax_lr_callbacks.hyperparams import get_hyperparams
@@ -42,6 +47,7 @@ __all__ = [
     "CheckpointError",
     "CosineRestarts",
     "CyclicLR",
+    "GradNormGuard",
     "LRFinder",
     "LRFinderResult",
     "LRCallbacks",
@@ -51,19 +57,23 @@ __all__ = [
     "LoggerCollection",
     "ModelCheckpoint",
     "NNXTrainState",
+    "Observation",
     "OneCycle",
     "ProgressBar",
     "ReduceLROnPlateau",
     "RunPlan",
     "Sequential",
+    "SmoothedPlateau",
     "StepContext",
     "TensorBoardLogger",
     "Trainer",
     "TrainerState",
+    "apply_lr",
     "get_hyperparam",
     "get_hyperparams",
     "injectable",
     "load_fashion_mnist",
+    "observe_lr",
     "preview",
     "set_hyperparam",
     "set_hyperparams",

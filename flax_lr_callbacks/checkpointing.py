@@ -68,9 +68,8 @@ def open_manager(directory: str | os.PathLike, *, async_save: bool = True,
 
 
 def _is_checkpointer(callback: Callback) -> bool:
-    from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
-
-    return isinstance(callback, ModelCheckpoint)
+    """A `ModelCheckpoint` (it says so; this module does not import the callback)."""
+    return getattr(callback, "writes_checkpoints", False)
 
 
 def stateful(callbacks: list[Callback]) -> list[Callback]:
@@ -168,7 +167,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool,
     """
     ocp = _ocp()
     paths, leaves = _leaves(_saved_tree(trainer))
-    data_iter = getattr(trainer, "_data_iter", None)
+    data_iter = trainer.data.iterator
     meta = {
         "format": FORMAT,
         "leaves": [[p, list(np.shape(x)), str(x.dtype)] for p, x in zip(paths, leaves)],
@@ -176,7 +175,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool,
         "epoch": trainer.current_epoch,
         "batch_in_epoch": trainer.batch_in_epoch,
         "epoch_finished": epoch_finished,
-        "window_start": trainer._window_start,
+        "window_start": trainer.progress.window_start,
         "steps_per_epoch": trainer.steps_per_epoch,
         "total_steps": trainer.total_steps,
         "log_every_n_steps": trainer.log_every_n_steps,
@@ -200,9 +199,7 @@ def resolve(resume_from: str | os.PathLike, callbacks: list[Callback]) -> tuple[
     the `ModelCheckpoint` in `callbacks`), a checkpoint directory (its newest step) or one
     step directory inside it."""
     if str(resume_from) == "latest":
-        from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
-
-        owners = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+        owners = [c for c in callbacks if _is_checkpointer(c)]
         if len(owners) != 1:
             raise CheckpointError(
                 f"resume_from='latest' needs exactly one ModelCheckpoint among the callbacks "
@@ -313,7 +310,7 @@ def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike
     meta = restore(trainer, template_fn, resume_from)
     trainer.resumed_from = meta["path"]
     trainer.global_step = trainer.start_step = meta["global_step"]
-    trainer._window_start = meta["window_start"]
+    trainer.progress.window_start = meta["window_start"]
     trainer.callback_metrics = dict(meta["callback_metrics"])
     trainer.should_stop = meta["should_stop"]
     epoch, batch = meta["epoch"], meta["batch_in_epoch"]

@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lr_callbacks.callbacks._util import waiting_for_peak
-from flax_lr_callbacks.callbacks.base import (Callback, RunPlan, StepContext, apply_rules,
-                                              check_setters)
+from flax_lr_callbacks.callbacks.peak import waiting_for_peak
+from flax_lr_callbacks.contract import RunPlan, StepContext
+from flax_lr_callbacks.rules import apply_rules
+from flax_lr_callbacks.step import init_rule_state
+
+if TYPE_CHECKING:  # only for annotations: Callback.curve imports this module
+    from flax_lr_callbacks.callbacks.base import Callback
 
 __all__ = ["preview", "planned_values"]
 
@@ -56,12 +60,9 @@ def planned_values(callbacks: Sequence[Callback], total_steps: int, steps_per_ep
 
 def _planned(callbacks, total_steps, steps_per_epoch, hparams):
     base = _base_hparams(hparams)
-    plan = RunPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-    for cb in callbacks:
-        cb.configure(base)
-    check_setters(callbacks, base)
-    states = tuple(jax.tree_util.tree_map(jnp.asarray, cb.init_state(plan, base))
-                   for cb in callbacks)
+    plan = RunPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                   max_epochs=-(-total_steps // steps_per_epoch))
+    base, states = init_rule_state(callbacks, None, plan, base=base)
 
     def body(states, step):
         ctx = StepContext(step=step, epoch=step // steps_per_epoch,

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
-from flax_lr_callbacks.callbacks.base import (Callback, StepContext, apply_rules,
-                                              check_setters, hparam_key)
+from flax_lr_callbacks.contract import Observation, StepContext, hparam_key
+from flax_lr_callbacks.rules import apply_rules, check_setters, observe_all, requested_norms
+
+if TYPE_CHECKING:  # annotations only: Callback.curve -> preview -> this module
+    from flax_lr_callbacks.callbacks.base import Callback
 
 __all__ = ["TrainerState", "LossFn", "step_context", "train_step", "fused_steps", "record",
            "empty_buffer", "eval_sums"]
@@ -56,20 +59,23 @@ class LossFn:
         return out, {}
 
 
-def init_rule_state(callbacks: Sequence[Callback], opt_state: Any, plan: Any
+def init_rule_state(callbacks: Sequence[Callback], opt_state: Any, plan: Any, *,
+                    base: hp_lib.Hyperparams | None = None
                     ) -> tuple[hp_lib.Hyperparams, tuple]:
     """Configures and checks `callbacks` against `opt_state`; returns fresh float32 copies of
     the base hyperparameters and each callback's initial device state.
 
-    Shared by the Trainer and the drop-in `LRCallbacks`. The copies never alias `opt_state`
-    (a donating step must not free the caller's arrays).
+    The one set-up sequence, shared by the Trainer, the drop-in `LRCallbacks` and `preview`
+    (which has no optimizer: ``opt_state=None`` with the `base` values to start from). The
+    copies never alias `opt_state` (a donating step must not free the caller's arrays).
     """
-    base = hp_lib.get_hyperparams(opt_state)
+    if opt_state is not None:
+        base = hp_lib.get_hyperparams(opt_state)
     for cb in callbacks:
         cb.configure(base)
     for cb in callbacks:
         names = tuple(cb.sets) + tuple(cb.scales)
-        if names:
+        if names and opt_state is not None:
             hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
     check_setters(callbacks, base)
     base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}
@@ -110,12 +116,50 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
     rng = jax.random.fold_in(ts.key, ts.step) if loss.takes_rng else None
     (value, metrics), grads = jax.value_and_grad(bound(state, loss), has_aux=True)(
         state.params, batch, rng)
+    old_params = state.params
     state = state.apply_gradients(grads=grads)
+    cb_states = observe(callbacks, step_context(ts), cb_states, value, metrics, grads,
+                        old_params, state.params)
     values = record(value, metrics, hparams)
     slot = ts.step % buffer_size
     buffer = {k: b.at[slot].set(values[k]) for k, b in ts.buffer.items()}
     return ts._replace(train_state=state, callback_states=cb_states, step=ts.step + 1,
                        buffer=buffer)
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm over every leaf of `tree`, in float32."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(x, jnp.float32))) for x in leaves))
+
+
+def observe(callbacks: Sequence[Callback], ctx: StepContext, states: tuple, loss: Any,
+            metrics: dict[str, Any], grads: Any = None, old_params: Any = None,
+            new_params: Any = None) -> tuple:
+    """Hands a finished step's outcome to the callbacks' `observe` faces; new states.
+
+    Norms are computed only when some callback lists them in `observes` (otherwise this adds
+    nothing to the compiled step).
+    """
+    if not any(cb.has_observe for cb in callbacks):
+        return states
+    norms = requested_norms(callbacks)
+    grad_norm = update_norm = None
+    if "grad_norm" in norms:
+        if grads is None:
+            raise ValueError("a callback observes 'grad_norm'; pass grads=")
+        grad_norm = global_norm(grads)
+    if "update_norm" in norms:
+        if old_params is None or new_params is None:
+            raise ValueError("a callback observes 'update_norm'; pass the parameters before "
+                             "and after the update")
+        update_norm = global_norm(jax.tree_util.tree_map(
+            lambda a, b: jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32),
+            new_params, old_params))
+    obs = Observation(loss=jnp.asarray(loss, jnp.float32),
+                      metrics={k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()},
+                      grad_norm=grad_norm, update_norm=update_norm)
+    return observe_all(callbacks, ctx, obs, states)
 
 
 def fused_steps(ts: TrainerState, batches: Any, *, loss: LossFn,
@@ -203,6 +247,11 @@ def replace_callback_state(ts: TrainerState, callbacks: Sequence[Callback], call
                            **values: Any) -> TrainerState:
     """`ts` with fields of `callback`'s state replaced by host values (dtype/sharding kept)."""
     old = get_callback_state(ts, callbacks, callback)
+    if not (hasattr(old, "_asdict") or isinstance(old, dict)):
+        raise TypeError(
+            f"{callback!r} has a device state of type {type(old).__name__}, which has no named "
+            f"fields to write {sorted(values)} into; return a NamedTuple from init_state "
+            "(e.g. class MyState(NamedTuple): scale: jax.Array) to write it from host hooks")
     fields = old._asdict() if hasattr(old, "_asdict") else dict(old)
     for name, v in values.items():
         if name not in fields:

@@ -17,11 +17,10 @@ How the three invariants are kept:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -30,17 +29,22 @@ import numpy as np
 
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.compiled import CompiledSteps
+from flax_lr_callbacks.contract import RunPlan
+from flax_lr_callbacks.data.epochs import EpochReader, steps_per_epoch
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 from flax_lr_callbacks.loggers.base import combine_loggers
 from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
+from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
 from flax_lr_callbacks.step import TrainerState
+from flax_lr_callbacks.validation import check_count
 
 __all__ = ["Trainer", "TrainerState"]
 
 log = logging.getLogger(__name__)
 
 
-class Trainer:
+class Trainer(CallbackHost):
     """Fits a Flax train state with LR callbacks running inside one jitted step.
 
     Args:
@@ -101,33 +105,16 @@ class Trainer:
         if max_epochs is None and max_steps is None:
             raise ValueError("give max_epochs or max_steps (both are None)")
         for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps),
-                            ("steps_per_epoch", steps_per_epoch)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
-        if not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
-            raise ValueError(
-                f"log_every_n_steps must be an int >= 1, got {log_every_n_steps=}"
-            )
-        if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
-            raise ValueError(f"steps_per_dispatch must be an int >= 1, got {steps_per_dispatch=}")
+                            ("steps_per_epoch", steps_per_epoch),
+                            ("log_every_n_steps", log_every_n_steps),
+                            ("steps_per_dispatch", steps_per_dispatch)):
+            check_count(name, value, allow_none=True)
         if log_every_n_steps % steps_per_dispatch:
             raise ValueError(
                 f"log_every_n_steps={log_every_n_steps} must be a multiple of "
                 f"steps_per_dispatch={steps_per_dispatch} (the record buffer is fetched "
                 "between dispatches)")
-        callbacks = list(callbacks)
-        for cb in callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
-        from flax_lr_callbacks.callbacks.progress import ProgressBar
-
-        from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
-
-        if enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(ProgressBar())
-        # Checkpoints run last (as in Lightning), so they hold every other hook's decisions.
-        callbacks = ([c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-                     + [c for c in callbacks if isinstance(c, ModelCheckpoint)])
+        callbacks = arrange_callbacks(callbacks, progress_bar=enable_progress_bar)
         self.loss_fn = loss_fn
         self.max_epochs = max_epochs
         self.max_steps = max_steps
@@ -141,99 +128,39 @@ class Trainer:
         self.eval_fn = eval_fn
         self.enable_progress_bar = enable_progress_bar
 
-        # Host counters and results, readable by callbacks.
-        self.global_step = 0
-        self.current_epoch = 0
-        self.batch_in_epoch = 0  # batches of the current epoch done (the data position)
-        self.resuming = False  # True during a fit that continues from a checkpoint
-        self.resumed_from: str | None = None  # that checkpoint's step directory
-        self.start_step = 0  # global_step when this fit started (> 0 when resuming)
-        self.steps_per_epoch = 0
-        self.total_steps = 0
-        self.max_epochs_planned = 0
-        self.callback_metrics: dict[str, float] = {}
-        self.should_stop = False
+        # Host counters (`progress`), plan and metrics, readable by callbacks (`HostContext`).
+        self._reset_host(RunPlan(0, 0, 0))
         self.trainer_state: TrainerState | None = None
         self.train_data: Any = None  # the data of the running fit, for callbacks (LRFinder)
         self.val_data: Any = None
-        self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
-        self._window_start = 0
-        self._buffer_layouts: dict[Any, dict[str, jax.Array]] = {}
-        self._hook_users: dict[str, list[Callback]] = {}
-        self._data_iter: Any = None  # the running epoch's iterator, when data is not indexable
+        self.data = EpochReader()  # the data position of the running epoch (checkpoints)
         from flax_lr_callbacks import parallel
 
         self.placement = parallel.Placement(
             parallel.default_mesh(data_axis) if isinstance(mesh, str) and mesh == "auto"
             else mesh, data_axis)
-        self._train_step = jax.jit(self._step, donate_argnums=0,
-                                   out_shardings=self.placement.state_sharding())
-        self._fused_step = jax.jit(self._fused, donate_argnums=0,
-                                   out_shardings=self.placement.state_sharding())
-        self.num_fused_traces = 0
-        self._eval_step = jax.jit(self._eval_batch)
-
-    # ------------------------------------------------------------------ in-graph pieces
-    def _step(self, ts: TrainerState, batch: Any) -> TrainerState:
-        self.num_step_traces += 1  # Python side effect: runs only when tracing
-        return step_lib.train_step(ts, batch, loss=self._loss, callbacks=self.callbacks,
-                                   buffer_size=self.log_every_n_steps)
-
-    def _fused(self, ts: TrainerState, batches: Any) -> TrainerState:
-        self.num_fused_traces += 1
-        return step_lib.fused_steps(ts, batches, loss=self._loss, callbacks=self.callbacks,
-                                    buffer_size=self.log_every_n_steps)
-
-    def _eval_batch(self, state: Any, batch: Any) -> dict[str, jax.Array]:
-        return step_lib.eval_sums(state, batch, loss=self._loss, eval_fn=self.eval_fn)
+        self.steps = CompiledSteps(self._loss, self.callbacks, buffer_size=log_every_n_steps,
+                                   eval_fn=eval_fn, placement=self.placement)
+        self._train_step, self._fused_step = self.steps.train, self.steps.fused
+        self._eval_step = self.steps.eval
 
     # ------------------------------------------------------------------ set-up
-    def _resolve_steps_per_epoch(self, data: Any) -> int:
-        if self.steps_per_epoch_arg is not None:
-            return self.steps_per_epoch_arg
-        try:
-            n = len(data)
-        except TypeError:
-            raise ValueError(
-                "train_data has no len(); pass Trainer(steps_per_epoch=...)"
-            ) from None
-        if n < 1:
-            raise ValueError(f"train_data is empty (len(train_data)={n})")
-        return n
-
     def init_trainer_state(self, state: Any, steps_per_epoch: int, total_steps: int,
                            first_batch: Any) -> TrainerState:
         """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
-        base, cb_states = step_lib.init_rule_state(self.callbacks, state.opt_state, self)
-        # The step donates its whole input, so nothing in it may alias the caller's arrays
-        # (or another leaf of the input): copy the state (base values are fresh copies).
-        state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
-        ts = TrainerState(
-            train_state=state,
-            base_hparams=base,
-            callback_states=cb_states,
-            key=jax.random.PRNGKey(self.seed),
-            step=jnp.zeros((), jnp.int32),
-            steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
-            total_steps=jnp.asarray(total_steps, jnp.int32),
-            buffer={},
-        )
-        ts = ts._replace(buffer=self._empty_buffer(ts, first_batch))
-        # Commit everything to one explicit placement. jit keys its cache on committedness
-        # and sharding, so a host write (device_put with the field's sharding) into an
-        # uncommitted field would compile a second executable without retracing.
-        return jax.device_put(ts, self.state_sharding())
+        base, cb_states = self.init_rules(state.opt_state)
+        return self.steps.initial_state(state, base, cb_states, seed=self.seed,
+                                        steps_per_epoch=steps_per_epoch,
+                                        total_steps=total_steps, first_batch=first_batch)
 
-    def _empty_buffer(self, ts: TrainerState, batch: Any) -> dict[str, jax.Array]:
-        """The zeroed record buffer; its layout is found once per input structure (tracing
-        the loss for it costs tens of ms, a visible share of a short fit)."""
-        leaves, treedef = jax.tree_util.tree_flatten((ts, batch))
-        key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
-        if key not in self._buffer_layouts:
-            self._buffer_layouts[key] = step_lib.empty_buffer(
-                ts, batch, loss=self._loss, callbacks=self.callbacks,
-                buffer_size=self.log_every_n_steps)
-        return {k: jnp.zeros_like(v) for k, v in self._buffer_layouts[key].items()}
+    @property
+    def num_step_traces(self) -> int:
+        """Times the train step was traced (== compiles per input shape)."""
+        return self.steps.num_step_traces
+
+    @property
+    def num_fused_traces(self) -> int:
+        return self.steps.num_fused_traces
 
     @property
     def num_step_compiles(self) -> int:
@@ -245,56 +172,10 @@ class Trainer:
         """Where the carried state lives: replicated over the mesh, or on the first device."""
         return self.placement.state_sharding()
 
-    # ------------------------------------------------------------------ host access
-    def callback_state(self, callback: Callback) -> Any:
-        """The device state of `callback` (also one nested in a composite) in the running fit."""
-        return step_lib.get_callback_state(self.trainer_state, self.callbacks, callback)
-
-    def update_callback_state(self, callback: Callback, **values: Any) -> None:
-        """Writes host values into fields of `callback`'s device state without recompiling.
-
-        Each value is cast to the field's dtype and placed with its sharding, so the jitted
-        step sees the same signature. `callback` may be nested inside a composite.
-        """
-        self.trainer_state = step_lib.replace_callback_state(
-            self.trainer_state, self.callbacks, callback, **values)
-
-    def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
-        """Sets the base value of an injected hyperparameter (the value rules start from)."""
-        self.trainer_state = step_lib.replace_base_hyperparam(self.trainer_state, name, value,
-                                                              group)
-
     # ------------------------------------------------------------------ the loop
-    def _epoch_batches(self, data: Any, epoch: int, start: int = 0,
-                       iterator_state: Any = None) -> Iterable[Any]:
-        """The batches of `epoch` from batch `start` on.
-
-        Random-access data (Grain `MapDataset`, `ArrayDataset`) jumps straight to `start`.
-        An iterator with Grain's ``get_state``/``set_state`` is restored from
-        `iterator_state`; any other iterable is re-read and its first `start` batches skipped.
-        """
-        if hasattr(data, "for_epoch"):
-            data = data.for_epoch(epoch)
-        if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
-            self._data_iter = None
-            return (data[i] for i in range(start, len(data)))
-        it = iter(data)
-        self._data_iter = it
-        if start and iterator_state is not None and hasattr(it, "set_state"):
-            it.set_state(iterator_state)
-            return it
-        return itertools.islice(it, start, None)
-
-    def _first_batch(self, data: Any) -> Any:
-        for batch in self._epoch_batches(data, 0):
-            return batch
-        raise ValueError("train_data yielded no batch")
-
     def _call(self, hook: str, *args: Any) -> None:
         state = self.trainer_state.train_state if self.trainer_state is not None else None
-        # Only callbacks that override the hook: the per-step hook runs thousands of times.
-        for cb in self._hook_users.get(hook, self.callbacks):
-            getattr(cb, hook)(self, state, *args)
+        self.call_hook(hook, state, *args)
 
     def fit(self, state: Any, train_data: Any, val_data: Any = None, *,
             resume_from: str | os.PathLike | None = None) -> Any:
@@ -314,21 +195,14 @@ class Trainer:
             Trainer must be configured as before (same epochs, data length, callbacks); a
             mismatch raises `CheckpointError` naming it.
         """
-        spe = self._resolve_steps_per_epoch(train_data)
+        spe = steps_per_epoch(train_data, self.steps_per_epoch_arg)
         epochs = self.max_epochs if self.max_epochs is not None else math.ceil(
             self.max_steps / spe)
         total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
-        self.steps_per_epoch, self.total_steps, self.max_epochs_planned = spe, total, epochs
-        self.global_step = self.current_epoch = self.batch_in_epoch = self._window_start = 0
-        self.start_step = 0
-        self.callback_metrics = {}
-        self.should_stop = False
+        self._reset_host(RunPlan(spe, total, epochs))
         self.train_data, self.val_data = train_data, val_data
-        self._hook_users = {
-            hook: [c for c in self.callbacks
-                   if getattr(type(c), hook) is not getattr(Callback, hook)]
-            for hook in ("on_train_batch_end", "on_log")}
-        first_batch = self._first_batch(train_data)
+        self._index_hooks()
+        first_batch = self.data.first_batch(train_data)
         start_epoch, start_batch, iterator_state = 0, 0, None
         self.resuming, self.resumed_from = resume_from is not None, None
         if resume_from is None:
@@ -348,8 +222,8 @@ class Trainer:
                 start = start_batch if epoch == start_epoch else 0
                 self.batch_in_epoch = start
                 self._call("on_train_epoch_start")
-                batches = self._epoch_batches(train_data, epoch, start,
-                                              iterator_state if start else None)
+                batches = self.data.batches(train_data, epoch, start,
+                                            iterator_state if start else None)
                 pending: list[Any] = []
                 for batch in batches:
                     if (self.batch_in_epoch >= spe or self.global_step >= total
@@ -413,14 +287,14 @@ class Trainer:
 
     def _log_point(self) -> None:
         """Fetches the metric buffer in one transfer and hands the window to callbacks."""
-        start, end = self._window_start, self.global_step
+        start, end = self.progress.window_start, self.global_step
         if end <= start:
             return
         buffer = jax.device_get(self.trainer_state.buffer)
         rows = np.arange(start, end) % self.log_every_n_steps
         history = {"step": np.arange(start, end)}
         history.update({k: np.asarray(v)[rows] for k, v in buffer.items()})
-        self._window_start = end
+        self.progress.window_start = end
         train = {"train_loss": float(history["loss"].mean())}
         train.update({k: float(v.mean()) for k, v in history.items() if k.startswith("train_")})
         self.callback_metrics.update(train)
@@ -459,11 +333,11 @@ class Trainer:
         With a logger, the plot is logged as the ``lr_finder`` figure and the suggestion as
         the ``lr_finder/suggestion`` scalar (step 0).
         """
-        from flax_lr_callbacks import range_test
+        from flax_lr_callbacks import lr_sweep
 
-        range_test.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
-                                 diverge_threshold, suggestion)
-        result = range_test.run(
+        lr_sweep.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
+                               diverge_threshold, suggestion)
+        result = lr_sweep.run(
             self, state, train_data, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps,
             mode=mode, smoothing=smoothing, diverge_threshold=diverge_threshold,
             suggestion=suggestion,
@@ -480,7 +354,7 @@ class Trainer:
         Batch sums stay on device and are fetched once at the end.
         """
         totals = None
-        for batch in self._epoch_batches(val_data, 0):
+        for batch in EpochReader().batches(val_data, 0):
             sums = self._eval_step(state, self.placement.put_batch(batch, strict=False))
             totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
         if totals is None:

@@ -22,11 +22,13 @@ from flax_lr_callbacks import (
     CheckpointError,
     CosineRestarts,
     CyclicLR,
+    GradNormGuard,
     LRFinder,
     LRSchedule,
     ModelCheckpoint,
     OneCycle,
     ReduceLROnPlateau,
+    SmoothedPlateau,
     Trainer,
     Warmup,
 )
@@ -62,6 +64,13 @@ CASES = {
     "plateau_mid_cooldown": lambda: [Warmup(OneCycle(0.2, cycle_momentum=False), 4),
                                      plateau_reducing()],
     "lr_finder": lambda: [LRFinder(num_steps=12, plot_path=None), OneCycle(max_lr=None)],
+    # In-graph observers: settings that make them act both before and after the resume
+    # point (step 12), so their device state is mid-decision in the checkpoint.
+    "smoothed_plateau": lambda: [OneCycle(0.3), SmoothedPlateau(patience=2, threshold=0.05,
+                                                                cooldown=1, beta=0.5)],
+    "grad_norm_guard": lambda: [OneCycle(0.3), GradNormGuard(threshold=1.05, factor=0.7,
+                                                             recovery_steps=3,
+                                                             warmup_steps=2)],
 }
 
 

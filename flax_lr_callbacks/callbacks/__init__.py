@@ -5,6 +5,8 @@ from flax_lr_callbacks.callbacks.base import StepContext
 from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
+from flax_lr_callbacks.callbacks.grad_norm_guard import GradNormGuard
+from flax_lr_callbacks.callbacks.smoothed_plateau import SmoothedPlateau
 from flax_lr_callbacks.callbacks.one_cycle import OneCycle
 from flax_lr_callbacks.callbacks.plateau import ReduceLROnPlateau
 from flax_lr_callbacks.callbacks.restarts import CosineRestarts
@@ -17,6 +19,7 @@ __all__ = [
     "Callback",
     "CosineRestarts",
     "CyclicLR",
+    "GradNormGuard",
     "LRFinder",
     "LRSchedule",
     "LearningRateMonitor",
@@ -24,6 +27,7 @@ __all__ = [
     "ProgressBar",
     "ReduceLROnPlateau",
     "Sequential",
+    "SmoothedPlateau",
     "StepContext",
     "Warmup",
 ]

@@ -8,64 +8,56 @@ step. It gets the hyperparameters about to be applied (``{group: {name: value}}`
 returns new hyperparameters and new state. Numbers a user may retarget (peak LR, total steps)
 belong in `state`, not in Python closures, so changing them never retraces the step.
 
+*In-graph observation.* `observe(ctx, obs, state)` runs after the gradient step with an
+`Observation` of that step (loss, metrics, and the global gradient / update norms a callback
+lists in `observes`) and returns the new device state, which the next step's `rule` reads.
+So a callback can react to the training loss or a gradient spike at the very next step with
+no host sync (`SmoothedPlateau`, `GradNormGuard`).
+
 Rules run in two passes each step: every *setter* (a callback listing the name in `sets`)
 computes the base value, then every *modifier* (listing it in `scales`) multiplies it. At most
 one setter per hyperparameter and group; two raise a `ValueError` naming both.
 
+*Attributes vs device state* (the one rule to remember). A rule is traced once per fit, so
+every Python value it reads (``self.factor``, a closure, a global) is frozen into the compiled
+step at that moment: changing the attribute later from a hook does nothing, silently. Anything
+that may change during a fit must be a field of the callback's device state, written from the
+host with `trainer.update_callback_state(self, field=value)`; that changes the value without a
+retrace. Attributes are for configuration fixed before the fit (which hyperparameter, unit).
+
+A rule returns ``(hparams, state)`` with the same hyperparameter names and a state of the same
+structure, shapes and dtypes as `init_state` gave; anything else raises a TypeError naming the
+callback and what it returned. Write fields from the host only into a NamedTuple (or dict)
+state; a bare-array state is fine for in-graph use but cannot be written by name.
+
 *Host hooks.* Lightning names, each called as ``hook(trainer, state, ...)`` with device
-arrays. A hook must not pull device values to the host except at its own decision points (a
+arrays; `trainer` is a `contract.HostContext` (a `Trainer`, or `LRCallbacks` in a custom
+loop): read its plan, counters, metrics and logger, and write only through its methods. A hook must not pull device values to the host except at its own decision points (a
 plateau check at validation end), and writes decisions back with
 `trainer.update_callback_state(self, ...)`, which keeps dtype and sharding (no retrace).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable
+from typing import Any
 
-import jax
-
+from flax_lr_callbacks.contract import (HostContext, Observation, RunPlan,  # noqa: F401
+                                        StepContext, hparam_key, parse_hparam_key)
 from flax_lr_callbacks.hyperparams import Hyperparams
+# The runners of the in-graph faces, importable from here as before.
+from flax_lr_callbacks.rules import (NORMS, apply_rules, check_rule_output,  # noqa: F401
+                                     check_setters, check_state_like, observe_all,
+                                     requested_norms, rule_order)
 
-__all__ = ["Callback", "RunPlan", "StepContext", "apply_rules", "check_setters",
-           "hparam_key", "parse_hparam_key"]
+__all__ = ["Callback", "HOST_HOOKS", "NORMS", "Observation", "RunPlan", "StepContext",
+           "apply_rules", "check_setters", "hparam_key", "observe_all", "parse_hparam_key",
+           "requested_norms"]
 
-
-def hparam_key(group: str, name: str) -> str:
-    """Key of an applied hyperparameter in the per-step records: ``"hp/<group>/<name>"``."""
-    return f"hp/{group}/{name}"
-
-
-def parse_hparam_key(key: str) -> tuple[str, str] | None:
-    """``"hp/<group>/<name>"`` -> ``(group, name)``; any other record key -> None."""
-    if not key.startswith("hp/"):
-        return None
-    group, _, name = key[3:].rpartition("/")
-    return group, name
-
-
-class StepContext(NamedTuple):
-    """Traced counters a rule may read. All are int32 scalars inside the step.
-
-    Attributes:
-      step: 0-based step of this fit (the clock schedules read; resumes restore it).
-      epoch: ``step // steps_per_epoch``.
-      steps_per_epoch: batches per epoch.
-      total_steps: steps the fit plans to run (``max_epochs * steps_per_epoch``, or
-        ``max_steps`` when that is smaller).
-    """
-
-    step: jax.Array
-    epoch: jax.Array
-    steps_per_epoch: jax.Array
-    total_steps: jax.Array
-
-
-class RunPlan(NamedTuple):
-    """What a callback may know about the run before it starts (the Trainer has these too)."""
-
-    steps_per_epoch: int
-    total_steps: int
+# Every host hook, called as ``hook(trainer, state, *args)``. Composites forward exactly these,
+# and a test checks that this list names every ``on_*`` method of `Callback` plus `teardown`.
+HOST_HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_log",
+              "on_validation_end", "on_train_epoch_end", "on_fit_end", "teardown")
 
 
 class Callback:
@@ -80,11 +72,17 @@ class Callback:
     sets: tuple[str, ...] = ()
     scales: tuple[str, ...] = ()
     groups: tuple[str, ...] | None = None
+    observes: tuple[str, ...] = ()
 
     @property
     def has_rule(self) -> bool:
         """Whether this callback contributes in-graph code to the train step."""
         return type(self).rule is not Callback.rule
+
+    @property
+    def has_observe(self) -> bool:
+        """Whether this callback reads the step's outcome in-graph (`observe`)."""
+        return type(self).observe is not Callback.observe
 
     # ---- in-graph face -------------------------------------------------------------------
     def configure(self, hparams: Hyperparams) -> None:
@@ -97,7 +95,7 @@ class Callback:
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> Any:
         """Device pytree carried through the train step; called at fit start.
 
-        `plan` has ``steps_per_epoch`` and ``total_steps`` (the Trainer itself is passed).
+        `plan` is a `RunPlan` (``steps_per_epoch``, ``total_steps``, ``max_epochs``).
         """
         return ()
 
@@ -106,6 +104,14 @@ class Callback:
     ) -> tuple[Hyperparams, Any]:
         """Pure in-graph update of the hyperparameters for step `ctx.step`."""
         return hparams, state
+
+    def observe(self, ctx: StepContext, obs: Observation, state: Any) -> Any:
+        """Pure in-graph update of this callback's state after step `ctx.step`'s update.
+
+        `obs` has the step's loss and metrics, and the norms listed in `observes`. Returns the
+        new state (same structure, shapes and dtypes); the next step's `rule` sees it.
+        """
+        return state
 
     def target_groups(self, hparams: Hyperparams, name: str) -> list[str]:
         """Groups in `hparams` that this callback writes `name` in."""
@@ -124,36 +130,36 @@ class Callback:
         return planned_values([self], num_steps, steps_per_epoch or num_steps, hparams)
 
     # ---- host face ------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any, state: Any) -> None:
+    def on_fit_start(self, trainer: HostContext, state: Any) -> None:
         """Called once before the first step (after `init_state`).
 
         When ``trainer.resuming``, `load_state_dict` has already restored this callback's host
         state and its device state is the checkpoint's: keep both, do not re-initialize.
         """
 
-    def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
+    def on_train_epoch_start(self, trainer: HostContext, state: Any) -> None:
         """Called before the first batch of each epoch."""
 
-    def on_train_batch_end(self, trainer: Any, state: Any) -> None:
+    def on_train_batch_end(self, trainer: HostContext, state: Any) -> None:
         """Called after each step is dispatched; `trainer.global_step` steps are done."""
 
-    def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
+    def on_log(self, trainer: HostContext, state: Any, history: dict[str, Any]) -> None:
         """Called at each log point with the per-step host values since the last one.
 
         `history` maps ``"step"`` and every recorded quantity (``"loss"``, ``"lr"``, ...) to a
         NumPy array with one entry per step of the window, fetched in one transfer.
         """
 
-    def on_validation_end(self, trainer: Any, state: Any) -> None:
+    def on_validation_end(self, trainer: HostContext, state: Any) -> None:
         """Called after validation; `trainer.callback_metrics` holds the fresh ``val_*``."""
 
-    def on_train_epoch_end(self, trainer: Any, state: Any) -> None:
+    def on_train_epoch_end(self, trainer: HostContext, state: Any) -> None:
         """Called at the end of each epoch, after validation."""
 
-    def on_fit_end(self, trainer: Any, state: Any) -> None:
+    def on_fit_end(self, trainer: HostContext, state: Any) -> None:
         """Called once after the last step."""
 
-    def teardown(self, trainer: Any, state: Any) -> None:
+    def teardown(self, trainer: HostContext, state: Any) -> None:
         """Called when a fit ends, also when it raised (release files, wait for writes)."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -166,39 +172,3 @@ class Callback:
 
     def __repr__(self) -> str:
         return type(self).__name__
-
-
-def rule_order(callbacks: Sequence[Callback]) -> list[int]:
-    """Indices of callbacks with a rule: plain ones, then setters, then modifiers."""
-    with_rule = [i for i, c in enumerate(callbacks) if c.has_rule]
-    setters = [i for i in with_rule if callbacks[i].sets]
-    modifiers = [i for i in with_rule if callbacks[i].scales and i not in setters]
-    others = [i for i in with_rule if i not in setters and i not in modifiers]
-    return others + setters + modifiers
-
-
-def check_setters(callbacks: Sequence[Callback], hparams: Hyperparams) -> None:
-    """Raises ValueError when two callbacks set the same hyperparameter in the same group."""
-    owners: dict[tuple[str, str], Callback] = {}
-    for cb in callbacks:
-        for name in cb.sets:
-            for g in cb.target_groups(hparams, name):
-                other = owners.setdefault((g, name), cb)
-                if other is not cb:
-                    raise ValueError(
-                        f"{other!r} and {cb!r} both set {name!r} (group {g!r}); keep one, "
-                        "or combine them with Sequential / Warmup"
-                    )
-
-
-def apply_rules(callbacks: Sequence[Callback], ctx: StepContext, hparams: Hyperparams,
-                states: Sequence[Any]) -> tuple[Hyperparams, tuple]:
-    """Runs every callback's rule for one step; returns the hyperparameters and new states.
-
-    `hparams` is not modified (rules get a copy). Pure: usable inside any jitted step.
-    """
-    hparams = {g: dict(v) for g, v in hparams.items()}
-    states = list(states)
-    for i in rule_order(callbacks):
-        hparams, states[i] = callbacks[i].rule(ctx, hparams, states[i])
-    return hparams, tuple(states)

@@ -8,16 +8,12 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flax_lr_callbacks.callbacks._util import (UNITS, check_choice, check_number, clock,
-                                               shift_context, to_steps, write)
-from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
+from flax_lr_callbacks.callbacks.clocks import UNITS, clock, shift_context, to_steps, write
+from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.callbacks.base import HOST_HOOKS, Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
 __all__ = ["Composite", "Warmup", "Sequential"]
-
-_HOOKS = ("on_fit_start", "on_train_epoch_start", "on_train_batch_end", "on_validation_end",
-          "on_train_epoch_end", "on_fit_end")
-
 
 class Composite(Callback):
     """A callback made of child schedule callbacks.
@@ -28,6 +24,20 @@ class Composite(Callback):
     """
 
     children: tuple[Callback, ...] = ()
+
+    @property
+    def has_observe(self) -> bool:
+        return any(c.has_observe for c in self.children)
+
+    @property
+    def observes(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(dict.fromkeys(n for c in self.children for n in c.observes))
+
+    def observe(self, ctx: StepContext, obs: Any, state: Any) -> Any:
+        """Runs the children's `observe` faces on their states (with the outer clock)."""
+        children = tuple(c.observe(ctx, obs, s) if c.has_observe else s
+                         for c, s in zip(self.children, state.children))
+        return state._replace(children=children)
 
     def configure(self, hparams: Hyperparams) -> None:
         for child in self.children:
@@ -61,15 +71,16 @@ class Composite(Callback):
 
 
 def _forward(hook: str):
-    def method(self, trainer, state):
+    def method(self, trainer, state, *args):
         for child in self.children:
-            getattr(child, hook)(trainer, state)
+            getattr(child, hook)(trainer, state, *args)
     method.__name__ = hook
     method.__doc__ = f"Calls every child's `{hook}`."
     return method
 
 
-for _hook in _HOOKS:
+# Generated from the base class's list, so a new hook cannot be forgotten here.
+for _hook in HOST_HOOKS:
     setattr(Composite, _hook, _forward(_hook))
 
 

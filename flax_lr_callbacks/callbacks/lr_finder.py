@@ -54,7 +54,7 @@ class LRFinder(Callback):
                  smoothing: float = 0.98, diverge_threshold: float = 4.0,
                  suggestion: str = DEFAULT_METHOD, *, apply_to: Callback | None = None,
                  plot_path: str | os.PathLike | None = "auto"):
-        from flax_lr_callbacks.range_test import validate_args
+        from flax_lr_callbacks.lr_sweep import validate_args
 
         validate_args(min_lr, max_lr, num_steps, mode, smoothing, diverge_threshold, suggestion)
         if apply_to is not None and not hasattr(apply_to, "set_peak"):

@@ -10,7 +10,8 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flax_lr_callbacks.callbacks._util import check_choice, check_number, write
+from flax_lr_callbacks.callbacks.clocks import write
+from flax_lr_callbacks.validation import check_choice, check_number
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext, parse_hparam_key
 from flax_lr_callbacks.hyperparams import Hyperparams
 

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks import schedules
-from flax_lr_callbacks.callbacks._util import (UNITS, PeakFromFinder, check_choice,
-                                               check_number, clock, write)
+from flax_lr_callbacks.callbacks.clocks import UNITS, clock, write
+from flax_lr_callbacks.callbacks.peak import PeakFromFinder
+from flax_lr_callbacks.validation import check_choice, check_number
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 

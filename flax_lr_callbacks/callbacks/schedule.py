@@ -8,7 +8,8 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flax_lr_callbacks.callbacks._util import UNITS, check_choice, check_number, clock, horizon, write
+from flax_lr_callbacks.callbacks.clocks import UNITS, clock, horizon, write
+from flax_lr_callbacks.validation import check_choice, check_number
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 

@@ -1,0 +1,62 @@
+"""Schedules whose peak LR an `LRFinder` sets, without recompiling the step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flax_lr_callbacks.validation import check_number
+
+__all__ = ["PeakFromFinder", "waiting_for_peak"]
+
+
+class PeakFromFinder:
+    """Mixin for schedules whose peak LR an `LRFinder` may set (``<peak_arg>=None``).
+
+    The peak lives in the device state field `peak_arg`, so setting it never recompiles.
+    """
+
+    peak_arg = "max_lr"
+    peak_required = True  # False: None means "the optimizer's injected value"
+    _peak_from_finder: float | None = None
+
+    def peak(self) -> float | None:
+        """The peak given to the constructor, else the one an LR finder set (else None)."""
+        given = getattr(self, self.peak_arg)
+        return given if given is not None else self._peak_from_finder
+
+    def check_peak(self, value: float) -> None:
+        """Raises ValueError if `value` cannot be this schedule's peak."""
+        check_number(self.peak_arg, value, low=0, low_open=True)
+
+    def set_peak(self, trainer: Any, value: float) -> None:
+        """Sets the peak (e.g. from an LR finder) without recompiling the step."""
+        self.check_peak(value)
+        self._peak_from_finder = float(value)
+        if trainer is not None and getattr(trainer, "trainer_state", None) is not None:
+            trainer.update_callback_state(self, **{self.peak_arg: value})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"peak_from_finder": self._peak_from_finder}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._peak_from_finder = state_dict.get("peak_from_finder")
+
+    def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
+        if trainer.current_epoch == 0 and self.peak_required and self.peak() is None:
+            raise ValueError(
+                f"{self!r} has {self.peak_arg}=None, which means 'set by an LR finder', but "
+                f"nothing set it; put LRFinder() before it in callbacks, or pass "
+                f"{self.peak_arg}=<float>"
+            )
+
+
+def waiting_for_peak(callbacks: Sequence[Any]) -> list[Any]:
+    """The schedules among `callbacks` (children of composites included) whose peak is None
+    and must come from an LR finder."""
+    out = []
+    for cb in callbacks:
+        if isinstance(cb, PeakFromFinder) and cb.peak_required and cb.peak() is None:
+            out.append(cb)
+        out += waiting_for_peak(getattr(cb, "children", ()))
+    return out

@@ -1,0 +1,303 @@
+"""LRCallbacks: the LR callbacks in a hand-written Flax loop (linen `TrainState` or NNX).
+
+You keep your own jitted step; one call inside it applies every callback's in-graph rule to
+the optimizer state, and a few host calls at your epoch and validation points run the
+callbacks' decisions (plateau reduction, epoch-based changes). The LR state is a small pytree
+you carry through the step next to your train state, so nothing retraces when a callback
+changes a value, and you checkpoint it with the rest of your state.
+
+linen::
+
+    lrc = LRCallbacks([OneCycle(0.1), ReduceLROnPlateau()], steps_per_epoch=len(train),
+                      max_epochs=10)
+    lr_state = lrc.init(state.opt_state)
+
+    @jax.jit
+    def train_step(state, lr_state, batch):
+        opt_state, lr_state = lrc.apply(state.opt_state, lr_state)   # the added line
+        state = state.replace(opt_state=opt_state)
+        ...                                                          # your step as before
+        lr_state = lrc.observe(lr_state, loss, grads=grads)  # only for SmoothedPlateau,
+                                                             # GradNormGuard, your observers
+
+    for epoch in range(10):
+        for batch in train:
+            state, lr_state, loss = train_step(state, lr_state, batch)
+        lr_state = lrc.validation_end(lr_state, {"val_loss": evaluate(state)})
+        lr_state = lrc.epoch_end(lr_state)
+
+The step above closes over `lrc`. In a module-level ``@jax.jit`` step (as in the Flax
+examples) use the pure functions instead; the LR state carries its callbacks as static
+metadata, so no argument has to be static::
+
+    @jax.jit
+    def train_step(state, lr_state, batch):
+        opt_state, lr_state = apply_lr(state.opt_state, lr_state)
+        ...
+
+If the step forgets to write the returned optimizer state back, the LR would stay fixed
+silently; `apply` notices in-graph that the optimizer no longer holds what it wrote, and the
+next host call (`validation_end`, `epoch_end`, `finish`) raises a RuntimeError saying so.
+
+NNX: pass the `nnx.Optimizer` instead of an optax state; `apply` then writes the values into
+its variables in place (``variable[...] = value``) and returns only the new LR state:
+``lr_state = lrc.apply(optimizer, lr_state)`` inside an `nnx.jit` step. For the fastest NNX
+loop, ``nnx.split`` the model and optimizer once, `jax.jit` a pure step that does
+``nnx.merge`` -> `apply` -> update -> ``nnx.split``, and `nnx.update` the objects at the end
+(`nnx.jit` re-splits on every call, which costs Python time per step on small models).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from flax_lr_callbacks import hyperparams as hp_lib
+from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.callbacks.base import Callback, apply_rules
+from flax_lr_callbacks.contract import RunPlan
+from flax_lr_callbacks.runtime import CallbackHost
+from flax_lr_callbacks.validation import check_count
+
+__all__ = ["LRCallbacks", "LRState", "apply_lr", "observe_lr"]
+
+
+@jax.tree_util.register_static
+class BoundCallbacks:
+    """The callbacks an `LRState` belongs to, carried as static pytree metadata (no leaves):
+    `apply_lr` needs no other argument, and jit keys its cache on these same objects."""
+
+    def __init__(self, callbacks: tuple[Callback, ...]):
+        self.items = callbacks
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BoundCallbacks) and len(other.items) == len(self.items) and all(
+            a is b for a, b in zip(self.items, other.items))
+
+    def __hash__(self) -> int:
+        return hash(tuple(id(c) for c in self.items))
+
+
+class LRState(NamedTuple):
+    """What the LR callbacks carry through a hand-written step (a pytree)."""
+
+    base_hparams: hp_lib.Hyperparams
+    callback_states: tuple
+    step: jax.Array  # int32 steps applied so far (the schedule clock)
+    steps_per_epoch: jax.Array
+    total_steps: jax.Array
+    applied: hp_lib.Hyperparams | None = None  # the values the last `apply` wrote
+    stale: jax.Array | None = None  # int32: steps whose optimizer state lacked those values
+    callbacks: BoundCallbacks | None = None  # static: what `apply_lr` runs
+
+
+def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
+    """`LRCallbacks.apply` as a pure function of its arguments, for a module-level
+    ``@jax.jit`` step that takes `lr_state` as an ordinary argument (its callbacks travel
+    inside it as static metadata).
+
+    Also checks, in-graph, that `opt_state` still holds the values the previous call wrote;
+    when it does not (the new optimizer state was not written back, so the LR would silently
+    stay fixed), the next host call of `LRCallbacks` raises a RuntimeError.
+    """
+    if lr_state.callbacks is None:
+        raise TypeError("this LRState has no callbacks bound; build it with LRCallbacks.init")
+    callbacks = lr_state.callbacks.items
+    inner = opt_state.opt_state if _is_nnx_optimizer(opt_state) else opt_state
+    current = hp_lib.get_hyperparams(inner)
+    missed = jnp.zeros((), jnp.bool_)
+    for g, names in lr_state.applied.items():
+        for n, v in names.items():
+            missed = missed | (jnp.asarray(current[g][n], jnp.float32) != v)
+    hparams, states = apply_rules(callbacks, step_lib.step_context(lr_state),
+                                  lr_state.base_hparams, lr_state.callback_states)
+    applied = {g: {n: jnp.asarray(hparams[g][n], jnp.float32) for n in names}
+               for g, names in lr_state.applied.items()}
+    new_lr = lr_state._replace(callback_states=states, step=lr_state.step + 1,
+                               applied=applied,
+                               stale=lr_state.stale + missed.astype(jnp.int32))
+    if _is_nnx_optimizer(opt_state):
+        hp_lib.set_hyperparams(opt_state.opt_state, hparams)
+        return new_lr
+    return hp_lib.set_hyperparams(opt_state, hparams), new_lr
+
+
+def observe_lr(lr_state: LRState, loss: Any, *, metrics: dict[str, Any] | None = None,
+               grads: Any = None, old_params: Any = None, new_params: Any = None) -> LRState:
+    """`LRCallbacks.observe` as a pure function (see `apply_lr`)."""
+    ctx = step_lib.step_context(lr_state._replace(step=lr_state.step - 1))
+    states = step_lib.observe(lr_state.callbacks.items, ctx, lr_state.callback_states, loss,
+                              metrics or {}, grads, old_params, new_params)
+    return lr_state._replace(callback_states=states)
+
+
+def _is_nnx_optimizer(x: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(x, nnx.Optimizer)
+
+
+class LRCallbacks(CallbackHost):
+    """Runs LR callbacks in your own training loop. See the module docstring for the loop.
+
+    Host calls (`init`, `validation_end`, `epoch_end`, `finish`) play the Trainer's part for
+    the callbacks: they see ``global_step``, ``current_epoch``, ``callback_metrics`` (the
+    metrics you pass) and write their decisions into the returned `LRState`. Those calls read
+    one scalar (the step) from the device; `apply` never syncs.
+
+    Callbacks that need the Trainer's data, logger or per-step records (`LRFinder`,
+    `LearningRateMonitor`, `ProgressBar`, `ModelCheckpoint`, plateau with ``check_on=<N
+    steps>``) are refused with a TypeError; in a custom loop, run `Trainer.lr_find` first and
+    pass its suggestion as the peak, and log `get_hyperparams(opt_state)` yourself.
+
+    Args:
+      callbacks: LR callbacks (schedules, `ReduceLROnPlateau`, your own).
+      steps_per_epoch: batches per epoch (>= 1).
+      max_epochs: planned epochs (>= 1); with `steps_per_epoch` it sets ``total_steps``.
+      total_steps: planned steps, if not ``max_epochs * steps_per_epoch``.
+    """
+
+    def __init__(self, callbacks: list[Callback], *, steps_per_epoch: int,
+                 max_epochs: int | None = None, total_steps: int | None = None):
+        from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
+        from flax_lr_callbacks.callbacks.lr_finder import LRFinder
+        from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
+        from flax_lr_callbacks.callbacks.progress import ProgressBar
+
+        for name, value in (("steps_per_epoch", steps_per_epoch), ("max_epochs", max_epochs),
+                            ("total_steps", total_steps)):
+            check_count(name, value, allow_none=True)
+        if max_epochs is None and total_steps is None:
+            raise ValueError("give max_epochs or total_steps (both are None)")
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+            needs_trainer = isinstance(cb, (LRFinder, LearningRateMonitor, ProgressBar,
+                                            ModelCheckpoint)) or isinstance(
+                getattr(cb, "check_on", None), int)
+            if needs_trainer:
+                raise TypeError(
+                    f"{cb!r} needs the Trainer's data, logger or per-step records and cannot "
+                    "run in a custom loop; see the LRCallbacks docstring for what to do instead")
+        total = total_steps or max_epochs * steps_per_epoch
+        # What callbacks read from "the trainer" in host hooks (`contract.HostContext`).
+        self._reset_host(RunPlan(steps_per_epoch, total,
+                                 max_epochs or -(-total // steps_per_epoch)))
+        self.logger = None
+        self.trainer_state: LRState | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def init(self, opt_state: Any) -> LRState:
+        """Checks the optimizer, builds the LR state and runs the callbacks' fit-start hooks.
+
+        `opt_state`: your optax state (``state.opt_state``) or an `nnx.Optimizer`. Its current
+        injected values are the base values rules start from.
+        """
+        opt_state = self._opt_state(opt_state)
+        base, cb_states = self.init_rules(opt_state)
+        state = LRState(
+            base_hparams=base,
+            callback_states=cb_states,
+            step=jnp.zeros((), jnp.int32),
+            steps_per_epoch=jnp.asarray(self.steps_per_epoch, jnp.int32),
+            total_steps=jnp.asarray(self.total_steps, jnp.int32),
+            applied=jax.tree_util.tree_map(lambda v: jnp.array(v, jnp.float32, copy=True),
+                                           hp_lib.get_hyperparams(opt_state)),
+            stale=jnp.zeros((), jnp.int32),
+            callbacks=BoundCallbacks(tuple(self.callbacks)))
+        # Place it like the optimizer's values: jit keys its cache on placement, so the LR
+        # state must be committed exactly when the optimizer state is.
+        sharding = self._sharding(opt_state)
+        if sharding is not None:
+            state = jax.device_put(state, sharding)
+        self._reset_host(self.plan)
+        return self._host(state, "on_fit_start", "on_train_epoch_start")
+
+    def resume(self, lr_state: LRState, state_dict: dict[str, Any]) -> LRState:
+        """Continues from a saved `lr_state` (your checkpoint) and `state_dict()`."""
+        self.load_state_dict(state_dict)
+        self.resuming = True
+        lr_state = lr_state._replace(callbacks=BoundCallbacks(tuple(self.callbacks)))
+        return self._host(lr_state, "on_fit_start", "on_train_epoch_start")
+
+    # ------------------------------------------------------------------ in the jitted step
+    def apply(self, opt_state: Any, lr_state: LRState) -> Any:
+        """Applies every rule for the current step and writes the values into `opt_state`.
+
+        Call it once per step inside your jitted step, before the gradient update. Returns
+        ``(opt_state, lr_state)``, or just ``lr_state`` for an `nnx.Optimizer` (written in
+        place).
+        """
+        return apply_lr(opt_state, lr_state)
+
+    def observe(self, lr_state: LRState, loss: Any, *, metrics: dict[str, Any] | None = None,
+                grads: Any = None, old_params: Any = None, new_params: Any = None) -> LRState:
+        """Hands the step's outcome to callbacks with an `observe` face; returns `lr_state`.
+
+        Call it inside your jitted step after the gradient update (after `apply`). Pass
+        `grads` when a callback observes ``"grad_norm"`` (`GradNormGuard`), and the params
+        before and after the update when one observes ``"update_norm"``. Without such
+        callbacks it returns `lr_state` unchanged and adds nothing to the step.
+        """
+        return observe_lr(lr_state, loss, metrics=metrics, grads=grads, old_params=old_params,
+                          new_params=new_params)
+
+    # ------------------------------------------------------------------ host points
+    def validation_end(self, lr_state: LRState, metrics: dict[str, Any]) -> LRState:
+        """Hands validation metrics (e.g. ``{"val_loss": ...}``) to the callbacks."""
+        self.callback_metrics.update({k: float(v) for k, v in metrics.items()})
+        return self._host(lr_state, "on_validation_end")
+
+    def epoch_end(self, lr_state: LRState, metrics: dict[str, Any] | None = None) -> LRState:
+        """Ends the current epoch (epoch-end hooks) and starts the next one."""
+        self.callback_metrics.update({k: float(v) for k, v in (metrics or {}).items()})
+        lr_state = self._host(lr_state, "on_train_epoch_end")
+        self.current_epoch += 1
+        return self._host(lr_state, "on_train_epoch_start")
+
+    def finish(self, lr_state: LRState) -> None:
+        """Runs the fit-end hooks."""
+        self._host(lr_state, "on_fit_end", "teardown")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Host state of the callbacks and the epoch counter, to save with `lr_state`."""
+        return {"epoch": self.current_epoch, "metrics": dict(self.callback_metrics),
+                "callbacks": [cb.state_dict() for cb in self.callbacks]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.current_epoch = state_dict["epoch"]
+        self.callback_metrics = dict(state_dict["metrics"])
+        for cb, saved in zip(self.callbacks, state_dict["callbacks"]):
+            cb.load_state_dict(saved)
+
+    def _host(self, lr_state: LRState, *hooks: str) -> LRState:
+        self.trainer_state = lr_state
+        step, stale = jax.device_get((lr_state.step, lr_state.stale))  # one transfer
+        if stale:
+            raise RuntimeError(
+                f"LRCallbacks: at {int(stale)} of the last steps the optimizer state did not "
+                "hold the values apply() wrote the step before, so the schedule was not "
+                "applied; write the returned optimizer state back (opt_state, lr_state = "
+                "lrc.apply(state.opt_state, lr_state); state = state.replace("
+                "opt_state=opt_state)) and give the next step that state")
+        self.global_step = int(step)  # the one sync of a host point
+        for hook in hooks:
+            self.call_hook(hook, None)
+        lr_state, self.trainer_state = self.trainer_state, None
+        return lr_state
+
+    @staticmethod
+    def _sharding(opt_state: Any) -> jax.sharding.Sharding | None:
+        """The placement of the optimizer's injected values (None: not committed)."""
+        for names in hp_lib.get_hyperparams(opt_state).values():
+            for v in names.values():
+                if isinstance(v, jax.Array) and v.committed:
+                    return v.sharding
+        return None
+
+    @staticmethod
+    def _opt_state(opt_state: Any) -> Any:
+        return opt_state.opt_state if _is_nnx_optimizer(opt_state) else opt_state

@@ -1,0 +1,117 @@
+"""The host runtime shared by `Trainer` and `LRCallbacks`: counters, plan, host writes.
+
+Both hold the carried device state (`trainer_state`: a `TrainerState` or an `LRState`, each
+with ``base_hparams`` and ``callback_states``), set the callbacks up with
+`step.init_rule_state`, and implement `contract.HostContext` here, once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collections.abc import Sequence
+
+from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.contract import Progress, RunPlan, progress_property
+
+__all__ = ["CallbackHost", "arrange_callbacks"]
+
+# Hooks that run per step or per log point: called only on callbacks that override them.
+_HOT_HOOKS = ("on_train_batch_end", "on_log")
+
+
+def arrange_callbacks(callbacks: Sequence[Any], *, progress_bar: bool) -> list[Callback]:
+    """Checks the list, adds a `ProgressBar` unless there is one (or `progress_bar` is
+    False), and puts checkpoints last (as in Lightning), so they hold every other hook's
+    decisions."""
+    from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
+    from flax_lr_callbacks.callbacks.progress import ProgressBar
+
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+    if progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(ProgressBar())
+    return ([c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            + [c for c in callbacks if isinstance(c, ModelCheckpoint)])
+
+
+class CallbackHost:
+    """Implements `contract.HostContext` over `progress`, `plan` and `trainer_state`."""
+
+    callbacks: list[Any]
+    trainer_state: Any = None
+    logger: Any = None
+
+    def _reset_host(self, plan: RunPlan) -> None:
+        """Fresh counters, metrics and plan for a new fit."""
+        self.progress = Progress()
+        self._plan = plan
+        self.callback_metrics: dict[str, float] = {}
+
+    global_step = progress_property("global_step")
+    current_epoch = progress_property("current_epoch")
+    batch_in_epoch = progress_property("batch_in_epoch")
+    start_step = progress_property("start_step")
+    should_stop = progress_property("should_stop")
+    resuming = progress_property("resuming")
+    resumed_from = progress_property("resumed_from")
+
+    @property
+    def plan(self) -> RunPlan:
+        """The running (or last) fit's `RunPlan`."""
+        return self._plan
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._plan.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self._plan.total_steps
+
+    @property
+    def max_epochs_planned(self) -> int:
+        return self._plan.max_epochs
+
+    def _index_hooks(self) -> None:
+        """Remembers which callbacks override the hot hooks (the per-step hook runs
+        thousands of times per fit)."""
+        self._hook_users = {hook: [c for c in self.callbacks
+                                   if getattr(type(c), hook) is not getattr(Callback, hook)]
+                            for hook in _HOT_HOOKS}
+
+    def call_hook(self, hook: str, state: Any, *args: Any) -> None:
+        """Calls `hook` on every callback (that overrides it, for the hot hooks)."""
+        users = getattr(self, "_hook_users", {}).get(hook, self.callbacks)
+        for cb in users:
+            getattr(cb, hook)(self, state, *args)
+
+    def init_rules(self, opt_state: Any) -> tuple[Any, tuple]:
+        """Configures and checks the callbacks against `opt_state` for `plan`; returns the
+        float32 base hyperparameters and the callbacks' initial device states."""
+        return step_lib.init_rule_state(self.callbacks, opt_state, self._plan)
+
+    def callback_state(self, callback: Any) -> Any:
+        """The device state of `callback` (also one nested in a composite) in the running fit."""
+        return step_lib.get_callback_state(self.trainer_state, self.callbacks, callback)
+
+    def update_callback_state(self, callback: Any, **values: Any) -> None:
+        """Writes host values into fields of `callback`'s device state without recompiling.
+
+        Each value is cast to the field's dtype and placed with its sharding, so the jitted
+        step sees the same signature. `callback` may be nested inside a composite.
+        """
+        self.trainer_state = step_lib.replace_callback_state(
+            self.trainer_state, self.callbacks, callback, **values)
+
+    def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
+        """Sets the base value of an injected hyperparameter (the value rules start from)."""
+        self.trainer_state = step_lib.replace_base_hyperparam(self.trainer_state, name, value,
+                                                              group)
+
+    def request_stop(self) -> None:
+        """Asks the fit to stop after the current step."""
+        self.progress.should_stop = True
