@@ -310,7 +310,8 @@ def test_lr_find_logs_figure_and_suggestion(tmp_path):
     trainer = Trainer(loss_fn, enable_progress_bar=False, logger=TensorBoardLogger(tmp_path))
     result = trainer.lr_find(make_state(), sweep_data(), num_steps=30)
     trainer.logger.finalize()
-    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
+    acc = EventAccumulator(str(tmp_path / "version_0"), size_guidance={"scalars": 0,
+                                                                       "images": 0})
     acc.Reload()
     assert "lr_finder" in acc.Tags()["images"]
     logged = acc.Scalars("lr_finder/suggestion")[0].value

@@ -15,6 +15,7 @@ from host_sync import count_host_transfers
 from flax_lr_callbacks import (ArrayDataset, Callback, CosineRestarts, CyclicLR,
                                LearningRateMonitor, LRSchedule, OneCycle, ReduceLROnPlateau,
                                Sequential, TensorBoardLogger, Trainer, Warmup)
+from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.trainer import Trainer as TrainerCls
 
 
@@ -43,7 +44,7 @@ def test_one_compile_per_fit_with_every_lr_callback(make_callbacks, data, state,
     nothing at all."""
     # chex raises at a second trace of the step, wherever it happens
     chex.clear_trace_counter()
-    monkeypatch.setattr(TrainerCls, "_step", chex.assert_max_traces(TrainerCls._step, n=1))
+    monkeypatch.setattr(CompiledSteps, "_step", chex.assert_max_traces(CompiledSteps._step, n=1))
     train, val = data
     trainer = Trainer(loss_fn, max_epochs=5, log_every_n_steps=4, callbacks=make_callbacks(),
                       logger=TensorBoardLogger(tmp_path), enable_progress_bar=True)
