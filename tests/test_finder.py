@@ -10,7 +10,7 @@ from test_tensorboard import read_scalars
 from flax_lr_callbacks import (ArrayDataset, CosineRestarts, CyclicLR, LearningRateMonitor,
                                LRFinder, LRSchedule, OneCycle, TensorBoardLogger, Trainer,
                                Warmup, injectable)
-from flax_lr_callbacks import finder
+from flax_lr_callbacks import finder, suggestions
 
 LRS = np.geomspace(1e-5, 1.0, 101)  # log10(lr) = -5 + i/20
 
@@ -156,8 +156,8 @@ def test_nan_tail_trimmed_like_fastai():
     # window: [10, 56) -> lowest loss at index 55
     assert got == pytest.approx(lrs[55] / 10)
     # the planned length sets the skip at the start, as fastai's num_it // 10
-    assert finder._window(lrs[:61], losses, 100)[0][0] == lrs[10]
-    assert finder._window(lrs[:61], losses)[0][0] == lrs[6]
+    assert suggestions._window(lrs[:61], losses, 100)[0][0] == lrs[10]
+    assert suggestions._window(lrs[:61], losses)[0][0] == lrs[6]
 
 
 def test_lightning_gradient_variants():
