@@ -6,7 +6,7 @@ import pytest
 from conftest import loss_fn, make_state
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from flax_lr_callbacks import (ArrayDataset, LearningRateMonitor, LRFinder, LRSchedule,
+from flax_lr_callbacks import (LearningRateMonitor, LRFinder, LRSchedule,
                                OneCycle, ReduceLROnPlateau, TensorBoardLogger, Trainer,
                                injectable)
 from flax_lr_callbacks.plotting import new_figure

@@ -46,9 +46,8 @@ from flax_lr_callbacks.contract import (HostContext, Observation, RunPlan,  # no
                                         StepContext, hparam_key, parse_hparam_key)
 from flax_lr_callbacks.hyperparams import Hyperparams
 # The runners of the in-graph faces, importable from here as before.
-from flax_lr_callbacks.rules import (NORMS, apply_rules, check_rule_output,  # noqa: F401
-                                     check_setters, check_state_like, observe_all,
-                                     requested_norms, rule_order)
+from flax_lr_callbacks.rules import (NORMS, apply_rules, check_setters,  # noqa: F401
+                                     observe_all, requested_norms)
 
 __all__ = ["Callback", "HOST_HOOKS", "NORMS", "Observation", "RunPlan", "StepContext",
            "apply_rules", "check_setters", "hparam_key", "observe_all", "parse_hparam_key",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flax_lr_callbacks import checkpointing
-from flax_lr_callbacks.callbacks._util import check_choice
+from flax_lr_callbacks.validation import check_choice
 from flax_lr_callbacks.callbacks.base import Callback
 
 __all__ = ["ModelCheckpoint"]

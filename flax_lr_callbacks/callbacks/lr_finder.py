@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flax_lr_callbacks.callbacks._util import waiting_for_peak
+from flax_lr_callbacks.callbacks.peak import waiting_for_peak
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 

@@ -59,7 +59,7 @@ def _settings(cb: Any) -> dict[str, Any]:
 
 def _effective(cb: Any) -> dict[str, Any]:
     """Values the fit settled that the constructor left open."""
-    from flax_lr_callbacks.callbacks._util import PeakFromFinder
+    from flax_lr_callbacks.callbacks.peak import PeakFromFinder
     from flax_lr_callbacks.callbacks.lr_finder import LRFinder
     from flax_lr_callbacks.callbacks.plateau import ReduceLROnPlateau
 
@@ -78,7 +78,7 @@ def _effective(cb: Any) -> dict[str, Any]:
 
 def _peak_lr(callbacks: Any) -> float | None:
     """The LR schedule's effective peak: the first schedule on ``learning_rate`` with one."""
-    from flax_lr_callbacks.callbacks._util import PeakFromFinder
+    from flax_lr_callbacks.callbacks.peak import PeakFromFinder
 
     for cb in callbacks:
         if (isinstance(cb, PeakFromFinder) and getattr(cb, "hyperparam", "learning_rate")
