@@ -54,7 +54,9 @@ class Trainer(CallbackHost):
         validation (treat ``None`` as deterministic mode).
       max_epochs: epochs to run (>= 1). Default 1.
       max_steps: optional cap on total steps (>= 1); training stops when it is reached.
-      steps_per_epoch: batches per epoch for data without ``len()``; must be given then.
+      steps_per_epoch: batches per epoch; default one pass of the data. Must be given for
+        data without a pass length (iterators, generators, infinite pipelines), and may not
+        exceed one pass (see `flax_lr_callbacks.data.source`).
       callbacks: `Callback` instances. A `ProgressBar` is added unless one is given or
         ``enable_progress_bar=False``.
       logger: a logger (`TensorBoardLogger`, `CSVLogger`, or any object with `log_metrics`,
@@ -186,8 +188,10 @@ class Trainer(CallbackHost):
         Args:
           state: a train state with ``params``, ``opt_state`` (injected hyperparameters),
             ``replace`` and ``apply_gradients`` (flax `TrainState`).
-          train_data: a Grain `MapDataset`/`IterDataset` of batches, an `ArrayDataset`, or any
-            re-iterable of batch pytrees.
+          train_data: an `ArrayDataset`, a Grain `MapDataset`/`IterDataset`/`DataLoader` of
+            batches, an iterator, or any re-iterable of batch pytrees; what an epoch is for
+            each is in `flax_lr_callbacks.data.source` (every batch once per epoch, Grain
+            shuffles re-seeded per epoch, streams never restarted).
           val_data: optional, same kinds; validated at each epoch end.
           resume_from: continue a run from a checkpoint written by `ModelCheckpoint`:
             ``"latest"`` (the newest in the ModelCheckpoint's directory), a checkpoint
@@ -341,6 +345,7 @@ class Trainer(CallbackHost):
         Args:
           state: the train state to test (not modified).
           train_data: batches, as for `fit` (cycled if the sweep is longer than an epoch).
+            Inside a fit, batches read from a stream are handed back to training.
           min_lr: first LR (> 0). Default 1e-7.
           max_lr: last LR (> min_lr). Default 10.
           num_steps: sweep length (>= 2). Default 100.

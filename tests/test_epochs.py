@@ -156,6 +156,8 @@ def test_steps_per_epoch_beyond_the_data_is_refused():
     """steps_per_epoch=20 on 8 batches raises at fit start, naming both numbers."""
     with pytest.raises(ValueError, match=r"steps_per_epoch=20 exceeds the 8 batches"):
         fit(ArrayDataset(arrays(64), B), spe=20)
+    with pytest.raises(ValueError, match=r"repeats without end.*steps_per_epoch"):
+        fit(recipe())
     with pytest.raises(ValueError, match=r"holds 6 batches, fewer than the 12 steps"):
         fit(grain.MapDataset.source(records()).repeat(1).batch(B), spe=6, epochs=2)
 

@@ -130,6 +130,9 @@ class DataSource:
         if n is not None and n < 1:
             raise ValueError(f"{self.name} is empty ({n} batches per epoch)")
         if steps_per_epoch is None:
+            if n is None and self.kind == "map_stream":
+                raise ValueError(f"{self.name} repeats without end (a .repeat() pipeline); "
+                                 "pass Trainer(steps_per_epoch=...) (the batches of one epoch)")
             if n is None:
                 raise ValueError(_NO_LENGTH.format(name=self.name))
             steps_per_epoch = n
