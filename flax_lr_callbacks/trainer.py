@@ -232,7 +232,8 @@ class Trainer(CallbackHost):
                 start = start_batch if epoch == start_epoch else 0
                 self.batch_in_epoch = start
                 self._call("on_train_epoch_start")
-                batches = source.epoch(epoch, start)
+                batches = (source.epoch(epoch, start) if self.global_step < total
+                           and not self.should_stop else iter(()))  # a hook may have stopped
                 pending: list[Any] = []
                 for batch in batches:  # checked before the next pull: a stream loses none
                     pending.append(batch)
