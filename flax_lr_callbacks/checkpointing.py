@@ -167,7 +167,6 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool,
     """
     ocp = _ocp()
     paths, leaves = _leaves(_saved_tree(trainer))
-    data_iter = trainer.data.iterator
     meta = {
         "format": FORMAT,
         "leaves": [[p, list(np.shape(x)), str(x.dtype)] for p, x in zip(paths, leaves)],
@@ -185,7 +184,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool,
                       for c in stateful(trainer.callbacks)],
         "checkpointers": {str(c.directory.absolute()): c.state_dict()
                           for c in trainer.callbacks if _is_checkpointer(c)},
-        "data_iterator": data_iter.get_state() if hasattr(data_iter, "get_state") else None,
+        "data_iterator": trainer.data.state(),
     }
     step = trainer.global_step
     manager.save(step, metrics=metrics, args=ocp.args.Composite(**{
@@ -305,8 +304,8 @@ def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike) -> d
 
 def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike
            ) -> tuple[int, int, Any]:
-    """`restore`, then the trainer's host counters; returns ``(epoch, batch, iterator
-    state)``: where the loop continues."""
+    """`restore`, then the trainer's host counters; returns ``(epoch, batch, data state)``:
+    where the loop continues (the data state goes to `DataSource.restore`)."""
     meta = restore(trainer, template_fn, resume_from)
     trainer.resumed_from = meta["path"]
     trainer.global_step = trainer.start_step = meta["global_step"]

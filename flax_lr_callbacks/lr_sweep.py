@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from flax_lr_callbacks import finder
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
-from flax_lr_callbacks.data.epochs import EpochReader
+from flax_lr_callbacks.data.source import DataSource
 
 __all__ = ["run", "chunk_size"]
 
@@ -75,7 +75,9 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
         cache[tuple(groups)] = _step_fn(trainer, groups)
     step = cache[tuple(groups)]
     base_key = jax.random.fold_in(jax.random.PRNGKey(trainer.seed), 0x5EED)
-    stream = EpochReader().forever(data)
+    live = getattr(trainer, "data", None)  # inside a fit: the fit's source hands batches back
+    source = live if live is not None and live.data is data else DataSource(data)
+    stream = source.sweep()
     shape = None
     losses: list[float] = []
     pending: list[jax.Array] = []
@@ -101,6 +103,7 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
                     break
     finally:
         bar.close()
+        stream.close()  # a stream's batches go back to training
     result = finder.LRFinderResult.from_losses(
         lrs[:len(losses)], np.asarray(losses), smoothing=smoothing,
         diverge_threshold=diverge_threshold, method=suggestion, num_steps=num_steps)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.contract import RunPlan
-from flax_lr_callbacks.data.epochs import EpochReader, steps_per_epoch
+from flax_lr_callbacks.data.source import DataSource, shapes, validation_batches
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 from flax_lr_callbacks.loggers.base import combine_loggers
 from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
@@ -53,7 +54,9 @@ class Trainer(CallbackHost):
         validation (treat ``None`` as deterministic mode).
       max_epochs: epochs to run (>= 1). Default 1.
       max_steps: optional cap on total steps (>= 1); training stops when it is reached.
-      steps_per_epoch: batches per epoch for data without ``len()``; must be given then.
+      steps_per_epoch: batches per epoch; default one pass of the data. Must be given for
+        data without a pass length (iterators, generators, infinite pipelines), and may not
+        exceed one pass (see `flax_lr_callbacks.data.source`).
       callbacks: `Callback` instances. A `ProgressBar` is added unless one is given or
         ``enable_progress_bar=False``.
       logger: a logger (`TensorBoardLogger`, `CSVLogger`, or any object with `log_metrics`,
@@ -133,7 +136,8 @@ class Trainer(CallbackHost):
         self.trainer_state: TrainerState | None = None
         self.train_data: Any = None  # the data of the running fit, for callbacks (LRFinder)
         self.val_data: Any = None
-        self.data = EpochReader()  # the data position of the running epoch (checkpoints)
+        self.data: DataSource | None = None  # the running fit's data and its position
+        self._batch_shapes: Any = None
         from flax_lr_callbacks import parallel
 
         self.placement = parallel.Placement(
@@ -184,8 +188,10 @@ class Trainer(CallbackHost):
         Args:
           state: a train state with ``params``, ``opt_state`` (injected hyperparameters),
             ``replace`` and ``apply_gradients`` (flax `TrainState`).
-          train_data: a Grain `MapDataset`/`IterDataset` of batches, an `ArrayDataset`, or any
-            re-iterable of batch pytrees.
+          train_data: an `ArrayDataset`, a Grain `MapDataset`/`IterDataset`/`DataLoader` of
+            batches, an iterator, or any re-iterable of batch pytrees; what an epoch is for
+            each is in `flax_lr_callbacks.data.source` (every batch once per epoch, Grain
+            shuffles re-seeded per epoch, streams never restarted).
           val_data: optional, same kinds; validated at each epoch end.
           resume_from: continue a run from a checkpoint written by `ModelCheckpoint`:
             ``"latest"`` (the newest in the ModelCheckpoint's directory), a checkpoint
@@ -195,24 +201,28 @@ class Trainer(CallbackHost):
             Trainer must be configured as before (same epochs, data length, callbacks); a
             mismatch raises `CheckpointError` naming it.
         """
-        spe = steps_per_epoch(train_data, self.steps_per_epoch_arg)
+        self.data = source = DataSource(train_data)
+        spe = source.plan(self.steps_per_epoch_arg)
         epochs = self.max_epochs if self.max_epochs is not None else math.ceil(
             self.max_steps / spe)
         total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
+        source.check(total, epochs)
         self._reset_host(RunPlan(spe, total, epochs))
         self.train_data, self.val_data = train_data, val_data
         self._index_hooks()
-        first_batch = self.data.first_batch(train_data)
-        start_epoch, start_batch, iterator_state = 0, 0, None
+        first_batch = source.peek()
+        self._batch_shapes = shapes(first_batch)
+        start_epoch, start_batch = 0, 0
         self.resuming, self.resumed_from = resume_from is not None, None
         if resume_from is None:
             self.trainer_state = self.init_trainer_state(state, spe, total, first_batch)
         else:
             from flax_lr_callbacks import checkpointing
 
-            start_epoch, start_batch, iterator_state = checkpointing.resume(
+            start_epoch, start_batch, data_state = checkpointing.resume(
                 self, lambda: self.init_trainer_state(state, spe, total, first_batch),
                 resume_from)
+            source.restore(data_state)
         try:
             self._call("on_fit_start")
             for epoch in range(start_epoch, epochs):
@@ -222,22 +232,24 @@ class Trainer(CallbackHost):
                 start = start_batch if epoch == start_epoch else 0
                 self.batch_in_epoch = start
                 self._call("on_train_epoch_start")
-                batches = self.data.batches(train_data, epoch, start,
-                                            iterator_state if start else None)
+                batches = (source.epoch(epoch, start) if self.global_step < total
+                           and not self.should_stop else iter(()))  # a hook may have stopped
                 pending: list[Any] = []
-                for batch in batches:
-                    if (self.batch_in_epoch >= spe or self.global_step >= total
-                            or self.should_stop):
-                        break
+                for batch in batches:  # checked before the next pull: a stream loses none
                     pending.append(batch)
                     room = min(self.steps_per_dispatch, spe - self.batch_in_epoch,
                                total - self.global_step)
                     if len(pending) >= room:
                         self._dispatch(pending)
                         pending = []
+                        if self.global_step >= total or self.should_stop:
+                            break
                 for batch in pending:  # the data ended inside a group of K
                     self._dispatch([batch])
                 self._log_point()
+                if (self.batch_in_epoch < spe and self.global_step < total
+                        and not self.should_stop):
+                    self._ran_short(epoch, spe, total)
                 if val_data is not None:
                     self.callback_metrics.update(self.validate(
                         self.trainer_state.train_state, val_data))
@@ -260,9 +272,23 @@ class Trainer(CallbackHost):
                 self.logger.finalize()
         return self.trainer_state.train_state
 
+    def _ran_short(self, epoch: int, spe: int, total: int) -> None:
+        """The data ended before the plan: say how far the run got and stop it."""
+        warnings.warn(
+            f"train_data ran out in epoch {epoch} after {self.batch_in_epoch} of its "
+            f"{spe} batches: {self.global_step} of the {total} planned steps ran; stopping "
+            "(schedules did not reach their end). Pass data with more batches, a "
+            ".repeat()ed pipeline, or a smaller steps_per_epoch/max_epochs",
+            UserWarning, stacklevel=3)
+        self.should_stop = True
+
     def _dispatch(self, batches: list[Any]) -> None:
-        """Runs `batches` as one fused call (K of them) or as single steps, then the hooks."""
-        if len(batches) == self.steps_per_dispatch > 1:
+        """Runs `batches` as one fused call (K of them) or as single steps, then the hooks.
+
+        A group holding a batch of other shapes (a short last batch) runs step by step, so
+        the fused executable keeps its one shape."""
+        if len(batches) == self.steps_per_dispatch > 1 and all(
+                shapes(b) == self._batch_shapes for b in batches):
             stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
             self.trainer_state = self._fused_step(
                 self.trainer_state, self.placement.put_batch(stacked, stacked=True))
@@ -320,6 +346,7 @@ class Trainer(CallbackHost):
         Args:
           state: the train state to test (not modified).
           train_data: batches, as for `fit` (cycled if the sweep is longer than an epoch).
+            Inside a fit, batches read from a stream are handed back to training.
           min_lr: first LR (> 0). Default 1e-7.
           max_lr: last LR (> min_lr). Default 10.
           num_steps: sweep length (>= 2). Default 100.
@@ -354,7 +381,7 @@ class Trainer(CallbackHost):
         Batch sums stay on device and are fetched once at the end.
         """
         totals = None
-        for batch in EpochReader().batches(val_data, 0):
+        for batch in validation_batches(val_data):
             sums = self._eval_step(state, self.placement.put_batch(batch, strict=False))
             totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
         if totals is None:

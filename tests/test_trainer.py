@@ -98,17 +98,21 @@ def test_max_steps_alone_sets_epochs(data, state):
 
 
 def test_grain_map_and_iter_datasets_and_lists(state):
-    """Grain MapDataset (len known), IterDataset and generators need steps_per_epoch."""
+    """A MapDataset and its to_iter_dataset() know their pass length; a generator needs
+    steps_per_epoch."""
     d = make_data(64)
     batches = [jax.tree_util.tree_map(lambda a: a[i:i + 16], d) for i in range(0, 64, 16)]
     map_ds = grain.MapDataset.source(batches)
     quiet(max_epochs=2).fit(state, map_ds)
     iter_ds = map_ds.to_iter_dataset()
-    with pytest.raises(ValueError, match="steps_per_epoch"):
-        quiet().fit(state, iter_ds)
-    trainer = quiet(max_epochs=2, steps_per_epoch=4)
+    trainer = quiet(max_epochs=2)
     trainer.fit(state, iter_ds)
     assert trainer.global_step == 8
+    with pytest.raises(ValueError, match=r"train_data has no len\(\); pass Trainer"):
+        quiet().fit(state, iter(batches))
+    trainer = quiet(max_epochs=2, steps_per_epoch=2)
+    trainer.fit(state, iter(batches))
+    assert trainer.global_step == 4
     trainer = quiet(max_epochs=2)
     trainer.fit(state, batches)  # a list is re-iterable and has len
     assert trainer.global_step == 8
