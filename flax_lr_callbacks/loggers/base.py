@@ -228,6 +228,35 @@ class RunFolder:
         self._ended, self._wrote = self._wrote, False
 
 
+class VersionedRun:
+    """Mixin for loggers that write into a `RunFolder` (``self._run``): its folder names."""
+
+    _run: RunFolder
+
+    @property
+    def save_dir(self) -> str:
+        return self._run.save_dir
+
+    @property
+    def name(self) -> str | None:
+        return self._run.name
+
+    @property
+    def root_dir(self) -> str:
+        """``save_dir/name``: the folder to point ``tensorboard --logdir`` at."""
+        return self._run.root_dir
+
+    @property
+    def version(self) -> int | str:
+        """This run's version (the next free one is claimed on first use)."""
+        return self._run.version
+
+    @property
+    def log_dir(self) -> str:
+        """This run's folder (its event or CSV file, and e.g. the LR finder's PNG)."""
+        return self._run.log_dir
+
+
 def _next_version(root: str) -> int:
     try:
         names = os.listdir(root)

@@ -8,12 +8,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flax_lr_callbacks.loggers.base import RunFolder, is_writer_process
+from flax_lr_callbacks.loggers.base import RunFolder, VersionedRun, is_writer_process
 
 __all__ = ["CSVLogger"]
 
 
-class CSVLogger:
+class CSVLogger(VersionedRun):
     """Writes ``save_dir/name/version_N/metrics.csv`` and ``hparams.yaml``, as Lightning's
     `CSVLogger` does (same folders and versions as `TensorBoardLogger`).
 
@@ -50,23 +50,6 @@ class CSVLogger:
         self._rows: list[dict[str, Any]] = []
         self._open: dict[int, int] = {}  # step -> index of its latest buffered row
         self._columns: list[str] = []
-
-    @property
-    def save_dir(self) -> str:
-        return self._run.save_dir
-
-    @property
-    def name(self) -> str | None:
-        return self._run.name
-
-    @property
-    def version(self) -> int | str:
-        return self._run.version
-
-    @property
-    def log_dir(self) -> str:
-        """This run's folder."""
-        return self._run.log_dir
 
     @property
     def metrics_path(self) -> str:

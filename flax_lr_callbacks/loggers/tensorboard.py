@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from flax_lr_callbacks.loggers.base import RunFolder, is_writer_process
+from flax_lr_callbacks.loggers.base import RunFolder, VersionedRun, is_writer_process
 
 __all__ = ["TensorBoardLogger"]
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(VersionedRun):
     """Writes each run into its own TensorBoard run folder, ``save_dir/name/version_N``.
 
     The layout is Lightning's: with ``name=None`` the versions go straight into `save_dir`
@@ -68,29 +68,6 @@ class TensorBoardLogger:
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
-
-    @property
-    def save_dir(self) -> str:
-        return self._run.save_dir
-
-    @property
-    def name(self) -> str | None:
-        return self._run.name
-
-    @property
-    def root_dir(self) -> str:
-        """``save_dir/name``: the folder to point ``tensorboard --logdir`` at."""
-        return self._run.root_dir
-
-    @property
-    def version(self) -> int | str:
-        """This run's version (the next free one is claimed on first use)."""
-        return self._run.version
-
-    @property
-    def log_dir(self) -> str:
-        """This run's folder, which holds its event file (and e.g. the LR finder's PNG)."""
-        return self._run.log_dir
 
     def _submit(self, fn: Any, *args: Any) -> None:
         if self._error is not None:
