@@ -34,6 +34,18 @@ class ScaleState(NamedTuple):
     scale: jax.Array
 
 
+
+def check_plateau_args(mode: str, factor: float, patience: int, threshold: float,
+                       threshold_mode: str, cooldown: int, min_lr: float) -> None:
+    """The arguments every plateau rule shares (`ReduceLROnPlateau`, `SmoothedPlateau`)."""
+    check_choice("mode", mode, ("min", "max"))
+    check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
+    check_number("patience", patience, low=0, integer=True)
+    check_number("threshold", threshold, low=0)
+    check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+    check_number("cooldown", cooldown, low=0, integer=True)
+    check_number("min_lr", min_lr, low=0)
+
 class ReduceLROnPlateau(Callback):
     """Multiplies the learning rate by `factor` when `monitor` stops improving.
 
@@ -99,13 +111,7 @@ class ReduceLROnPlateau(Callback):
         strict: bool = False,
         groups: tuple[str, ...] | None = None,
     ):
-        check_choice("mode", mode, ("min", "max"))
-        check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
-        check_number("patience", patience, low=0, integer=True)
-        check_number("threshold", threshold, low=0)
-        check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
-        check_number("cooldown", cooldown, low=0, integer=True)
-        check_number("min_lr", min_lr, low=0)
+        check_plateau_args(mode, factor, patience, threshold, threshold_mode, cooldown, min_lr)
         check_number("eps", eps, low=0)
         if isinstance(check_on, bool) or not (check_on in ("validation", "epoch") or (
                 isinstance(check_on, int) and check_on >= 1)):

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks.callbacks.clocks import write
-from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.callbacks.plateau import check_plateau_args
+from flax_lr_callbacks.validation import check_number
 from flax_lr_callbacks.callbacks.base import Callback, Observation, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -73,13 +74,7 @@ class SmoothedPlateau(Callback):
                  threshold_mode: Literal["rel", "abs"] = "rel", cooldown: int = 0,
                  min_lr: float = 0.0, *, beta: float = 0.98,
                  hyperparam: str = "learning_rate", groups: tuple[str, ...] | None = None):
-        check_choice("mode", mode, ("min", "max"))
-        check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
-        check_number("patience", patience, low=0, integer=True)
-        check_number("threshold", threshold, low=0)
-        check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
-        check_number("cooldown", cooldown, low=0, integer=True)
-        check_number("min_lr", min_lr, low=0)
+        check_plateau_args(mode, factor, patience, threshold, threshold_mode, cooldown, min_lr)
         check_number("beta", beta, low=0, high=1, high_open=True)
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be a str, got monitor={monitor!r}")
