@@ -264,7 +264,7 @@ class Trainer(CallbackHost):
                     break
             self._call("on_fit_end")
             if self.logger is not None:
-                self.logger.log_hyperparams(self._run_config(), final_metrics(self))
+                self.logger.log_hyperparams(run_config(self), final_metrics(self))
         finally:
             for cb in self.callbacks:
                 cb.teardown(self, self.trainer_state.train_state)
@@ -306,10 +306,6 @@ class Trainer(CallbackHost):
         if self.global_step % self.log_every_n_steps < n:  # a log point was reached
             self._log_point()
         self._call("on_train_batch_end")
-
-    def _run_config(self) -> dict[str, Any]:
-        """What the HParams tab shows for this run."""
-        return run_config(self)
 
     def _log_point(self) -> None:
         """Fetches the metric buffer in one transfer and hands the window to callbacks."""

@@ -46,6 +46,16 @@ def check_plateau_args(mode: str, factor: float, patience: int, threshold: float
     check_number("cooldown", cooldown, low=0, integer=True)
     check_number("min_lr", min_lr, low=0)
 
+
+def scale_with_floor(callback: Any, hparams: Hyperparams, scale: jax.Array) -> Hyperparams:
+    """A plateau modifier: ``max(base * scale, min(base, min_lr))`` on `callback.hyperparam`
+    of each group it targets (a reduction never lifts a schedule that is already lower)."""
+    for g in callback.target_groups(hparams, callback.hyperparam):
+        base = hparams[g][callback.hyperparam]
+        floor = jnp.minimum(base, callback.min_lr)
+        write(hparams, [g], callback.hyperparam, jnp.maximum(base * scale, floor))
+    return hparams
+
 class ReduceLROnPlateau(Callback):
     """Multiplies the learning rate by `factor` when `monitor` stops improving.
 
@@ -173,11 +183,7 @@ class ReduceLROnPlateau(Callback):
         return ScaleState(scale=jnp.float32(self.state.scale))
 
     def rule(self, ctx: StepContext, hparams: Hyperparams, state: ScaleState):
-        for g in self.target_groups(hparams, self.hyperparam):
-            base = hparams[g][self.hyperparam]
-            floor = jnp.minimum(base, self.min_lr)
-            write(hparams, [g], self.hyperparam, jnp.maximum(base * state.scale, floor))
-        return hparams, state
+        return scale_with_floor(self, hparams, state.scale), state
 
     # ------------------------------------------------------------------ host hooks
     def on_fit_start(self, trainer: Any, state: Any) -> None:

@@ -7,8 +7,7 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from flax_lr_callbacks.callbacks.clocks import write
-from flax_lr_callbacks.callbacks.plateau import check_plateau_args
+from flax_lr_callbacks.callbacks.plateau import check_plateau_args, scale_with_floor
 from flax_lr_callbacks.validation import check_number
 from flax_lr_callbacks.callbacks.base import Callback, Observation, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
@@ -92,11 +91,7 @@ class SmoothedPlateau(Callback):
             num_reductions=jnp.int32(0))
 
     def rule(self, ctx: StepContext, hparams: Hyperparams, state: SmoothedPlateauState):
-        for g in self.target_groups(hparams, self.hyperparam):
-            base = hparams[g][self.hyperparam]
-            floor = jnp.minimum(base, self.min_lr)
-            write(hparams, [g], self.hyperparam, jnp.maximum(base * state.scale, floor))
-        return hparams, state
+        return scale_with_floor(self, hparams, state.scale), state
 
     def _value(self, obs: Observation) -> jax.Array:
         if self.monitor == "loss":
