@@ -34,7 +34,7 @@ from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.contract import RunPlan
 from flax_lr_callbacks.data.source import DataSource, shapes, validation_batches
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
-from flax_lr_callbacks.loggers.base import combine_loggers
+from flax_lr_callbacks.loggers.base import LoggerError, combine_loggers
 from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
 from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
 from flax_lr_callbacks.step import TrainerState
@@ -223,6 +223,8 @@ class Trainer(CallbackHost):
                 self, lambda: self.init_trainer_state(state, spe, total, first_batch),
                 resume_from)
             source.restore(data_state)
+        if self.logger is not None and callable(getattr(self.logger, "setup", None)):
+            self.logger.setup()  # an unwritable log folder fails here, before any step
         try:
             self._call("on_fit_start")
             for epoch in range(start_epoch, epochs):
@@ -265,12 +267,41 @@ class Trainer(CallbackHost):
             self._call("on_fit_end")
             if self.logger is not None:
                 self.logger.log_hyperparams(run_config(self), final_metrics(self))
-        finally:
+        except BaseException as e:
+            if isinstance(e, LoggerError):
+                self._attach_state(e, "Training stopped after")
+            self._end_fit(e)
+            raise
+        self._end_fit(None)
+        return self.trainer_state.train_state
+
+    def _attach_state(self, error: BaseException, what: str) -> None:
+        """A logger failed: the trained state goes with the error as ``err.state``."""
+        error.state = self.trainer_state.train_state
+        error.add_note(f"{what} step {self.global_step}; the trained state is err.state "
+                       "(callbacks were torn down: checkpoint writes are complete).")
+
+    def _end_fit(self, error: BaseException | None) -> None:
+        """Tears the callbacks down, then finalizes the logger (bounded in time).
+
+        A finalize error is raised with the trained state as ``err.state``; while another
+        error is on its way out, it becomes a note on that one instead of hiding it.
+        """
+        try:
             for cb in self.callbacks:
                 cb.teardown(self, self.trainer_state.train_state)
+        except BaseException as e:
+            error = error or e
+            raise
+        finally:
             if self.logger is not None:
-                self.logger.finalize()
-        return self.trainer_state.train_state
+                try:
+                    self.logger.finalize()
+                except Exception as e:
+                    if error is None:
+                        self._attach_state(e, "Training finished at")
+                        raise
+                    error.add_note(f"The logger's finalize failed too: {e}")
 
     def _ran_short(self, epoch: int, spe: int, total: int) -> None:
         """The data ended before the plan: say how far the run got and stop it."""

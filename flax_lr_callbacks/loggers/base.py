@@ -6,22 +6,31 @@ A logger is any object with three methods (a fourth is optional):
 - ``log_hyperparams(params: Mapping[str, Any], metrics: Mapping[str, float] | None = None)``:
   the run's configuration once per fit, with the final metrics it should be compared by;
 - ``finalize()``: flush and close at the end of a fit (the next call starts a new run);
-- optionally ``log_figure(tag: str, figure, step: int = 0)`` for a matplotlib figure.
+- optionally ``log_figure(tag: str, figure, step: int = 0)`` for a matplotlib figure;
+- optionally ``setup()``: called by `Trainer.fit` before the first step, to create the run's
+  folder and check it can be written, so a bad path fails before any training.
 
 `Trainer(logger=...)` takes one logger or a list; a list is wrapped in `LoggerCollection`.
 Only JAX process 0 should write; `is_writer_process()` tells a logger whether it is that one.
+
+A logger that cannot write raises `LoggerError` (an `OSError`) naming itself, the path and the
+reason, at the call that finds it (a background writer's failure at the next call); `fit`
+then stops and hands the trained state over as ``err.state``. Unlike Lightning, whose
+loggers fail on first write, the file loggers here check their folder at `setup`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import jax
 
-__all__ = ["Logger", "LoggerCollection", "RunFolder", "combine_loggers", "is_writer_process"]
+__all__ = ["Logger", "LoggerCollection", "LoggerError", "RunFolder", "combine_loggers",
+           "is_writer_process"]
 
 _REQUIRED = ("log_metrics", "log_hyperparams", "finalize")
 
@@ -36,6 +45,45 @@ class Logger(Protocol):
                         metrics: Mapping[str, float] | None = None) -> None: ...
 
     def finalize(self) -> None: ...
+
+
+class LoggerError(OSError):
+    """A logger could not write: the message names the logger, the path and the reason.
+
+    An `OSError`, so ``except OSError`` catches it. ``errno`` is the original error's (None
+    when there was no OS error) and the original is chained as ``__cause__``. When
+    `Trainer.fit` stops because of it, ``state`` holds the train state trained until then
+    (None otherwise).
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+        self.state: Any = None
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @classmethod
+    def wrap(cls, owner: Any, doing: str, path: str, cause: BaseException) -> LoggerError:
+        """``"<owner class> could not <doing> <path>: <reason>"`` with `cause` as the cause."""
+        if isinstance(cause, OSError) and cause.strerror:
+            reason = cause.strerror
+        else:
+            reason = f"{type(cause).__name__}: {cause}"
+        error = cls(f"{type(owner).__name__} could not {doing} {path}: {reason}", path=path,
+                    errno=getattr(cause, "errno", None))
+        error.__cause__ = cause
+        return error
+
+
+def check_writable(folder: str) -> None:
+    """Creates and removes a probe file in `folder` (OSError when it cannot be written)."""
+    probe = os.path.join(folder, f".write-check-{uuid.uuid4().hex[:8]}")
+    with open(probe, "xb") as f:
+        f.write(b"ok")
+    os.remove(probe)
 
 
 def is_writer_process() -> bool:
@@ -54,7 +102,7 @@ class LoggerCollection:
     """Several loggers used as one: every call goes to each, in order.
 
     `finalize` reaches every logger even when one of them raises; the first error is raised
-    after all were called. `log_dir` is the first logger's that has one (where `LRFinder`
+    after all were called. Other calls stop at the first logger that raises. `log_dir` is the first logger's that has one (where `LRFinder`
     puts its PNG). Loggers of the list with the same ``save_dir/name`` and an automatic
     version share one ``version_N`` folder per run (e.g. TensorBoard events and
     ``metrics.csv`` side by side).
@@ -95,6 +143,22 @@ class LoggerCollection:
             if folder is not None:
                 return folder
         return None
+
+    def setup(self) -> None:
+        """Calls `setup` on each logger that has one, in order; when one raises, the loggers
+        before it are finalized (their files closed) and the error is raised."""
+        for i, logger in enumerate(self.loggers):
+            if not callable(getattr(logger, "setup", None)):
+                continue
+            try:
+                logger.setup()
+            except BaseException:
+                for done in self.loggers[:i]:
+                    try:
+                        done.finalize()
+                    except Exception:  # the setup error is the one to report
+                        pass
+                raise
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for logger in self.loggers:
@@ -199,11 +263,12 @@ class RunFolder:
             self._version = _next_version(root)
             return
         os.makedirs(root, exist_ok=True)
+        n = _next_version(root)
         while True:
-            n = _next_version(root)
             try:
                 os.mkdir(os.path.join(root, f"version_{n}"))  # atomic: one claimant wins
-            except FileExistsError:
+            except FileExistsError:  # another run's, or a file of that name: try the next
+                n = max(n + 1, _next_version(root))
                 continue
             self._version = n
             return
@@ -255,6 +320,20 @@ class VersionedRun:
     def log_dir(self) -> str:
         """This run's folder (its event or CSV file, and e.g. the LR finder's PNG)."""
         return self._run.log_dir
+
+    def _prepare_dir(self) -> str:
+        """This run's folder, created and checked writable; `LoggerError` naming it if not."""
+        try:
+            folder = self._run.ensure_dir()
+        except OSError as e:
+            raise LoggerError.wrap(self, "create the folder", os.path.abspath(
+                e.filename if e.filename else self._run.root_dir), e)
+        try:
+            check_writable(folder)
+        except OSError as e:
+            raise LoggerError.wrap(self, "write to its run folder", os.path.abspath(folder),
+                                   e)
+        return folder
 
 
 def _next_version(root: str) -> int:

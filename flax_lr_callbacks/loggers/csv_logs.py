@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from flax_lr_callbacks.loggers.base import RunFolder, VersionedRun, is_writer_process
+from flax_lr_callbacks.loggers.base import (LoggerError, RunFolder, VersionedRun,
+                                            is_writer_process)
 
 __all__ = ["CSVLogger"]
 
@@ -23,6 +25,11 @@ class CSVLogger(VersionedRun):
     share a row unless a name repeats. When a new metric appears, the file is rewritten with
     the wider header. Rows are buffered and written once `flush_logs_every_n_steps` rows are
     waiting and a later step is logged, and at `finalize`. Only JAX process 0 writes; no pandas needed.
+
+    `setup` (called by `Trainer.fit` before the first step) creates the run folder and checks
+    it can be written. A write that fails, or a ``metrics.csv`` deleted during the run, raises
+    `LoggerError` naming the file and the reason; later calls of the run raise it again and
+    `finalize` drops the rows still buffered (the file's state is unknown).
 
     Args:
       save_dir: folder that holds the runs (created if missing).
@@ -49,18 +56,35 @@ class CSVLogger(VersionedRun):
         self.flush_logs_every_n_steps = flush_logs_every_n_steps
         self._rows: list[dict[str, Any]] = []
         self._open: dict[int, int] = {}  # step -> index of its latest buffered row
-        self._columns: list[str] = []
+        self._columns: list[str] = []  # the header of this run's metrics.csv, once written
+        self._folder: str | None = None  # this run's folder, checked by `setup`
+        self._failure: LoggerError | None = None  # raised again at every later call
+        self._reported = False
 
     @property
     def metrics_path(self) -> str:
         return os.path.join(self.log_dir, self.METRICS_FILE)
 
+    def setup(self) -> None:
+        """Creates this run's folder and checks it can be written (`LoggerError` naming the
+        path if not). `Trainer.fit` calls it before the first step; a first log call does
+        too."""
+        if self._failure is not None:
+            self._reported = True
+            raise self._failure
+        if self._folder is None and is_writer_process():
+            self._folder = self._prepare_dir()
+
+    def _fail(self, path: str, error: BaseException) -> None:
+        self._failure = LoggerError.wrap(self, "write to", os.path.abspath(path), error)
+        self._reported = True
+        raise self._failure
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Adds `metrics` to the row of `step` (a new row if a name is already there)."""
         if not is_writer_process():
             return
-        if not self._rows and not self._columns:
-            self._run.ensure_dir()
+        self.setup()
         values = {k: v if isinstance(v, int) and not isinstance(v, bool) else float(v)
                   for k, v in metrics.items()}
         step = int(step)
@@ -84,24 +108,41 @@ class CSVLogger(VersionedRun):
         """
         if not is_writer_process():
             return
-        folder = self._run.ensure_dir()
-        with open(os.path.join(folder, self.HPARAMS_FILE), "w") as f:
-            for key, value in params.items():
-                if not isinstance(value, (int, float, str, bool)) or value is None:
-                    value = str(value)
-                # a JSON scalar is a valid YAML scalar (strings double-quoted and escaped)
-                f.write(f"{json.dumps(str(key))}: {json.dumps(value)}\n")
+        self.setup()
+        lines = []
+        for key, value in params.items():
+            if not isinstance(value, (int, float, str, bool)) or value is None:
+                value = str(value)
+            # a JSON scalar is a valid YAML scalar (strings double-quoted and escaped)
+            lines.append(f"{json.dumps(str(key))}: {json.dumps(value)}\n")
+        path = os.path.join(self._folder, self.HPARAMS_FILE)
+        try:
+            with open(path, "w") as f:
+                f.writelines(lines)
+        except OSError as e:
+            self._fail(path, e)
 
     def save(self) -> None:
         """Writes the buffered rows (rewriting the file when new columns appeared)."""
         if not self._rows:
             return
-        path = os.path.join(self._run.ensure_dir(), self.METRICS_FILE)
+        self.setup()
+        path = os.path.join(self._folder, self.METRICS_FILE)
+        try:
+            self._write_rows(path)
+        except OSError as e:
+            self._fail(path, e)
+        self._rows, self._open = [], {}
+
+    def _write_rows(self, path: str) -> None:
+        if self._columns and not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, "the file was deleted during the run",
+                                    path)
         rows = sorted(self._rows, key=lambda r: r["step"])  # stable: call order within a step
         new = sorted({k for r in rows for k in r} - set(self._columns))
         if new:
             old = []
-            if self._columns and os.path.exists(path):
+            if self._columns:
                 with open(path, newline="") as f:
                     old = list(csv.DictReader(f))
             self._columns = sorted(set(self._columns) | set(new))
@@ -113,13 +154,19 @@ class CSVLogger(VersionedRun):
         else:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, self._columns).writerows(rows)
-        self._rows, self._open = [], {}
 
     def finalize(self) -> None:
-        """Writes what is buffered; the run is complete (the next call starts a new one)."""
-        self.save()
-        self._columns = []
-        self._run.end_run()
+        """Writes what is buffered; the run is complete (the next call starts a new one).
+
+        Raises a failure no earlier call reported; one already raised is not raised again.
+        """
+        try:
+            if self._failure is None:
+                self.save()
+        finally:
+            self._rows, self._open, self._columns = [], {}, []
+            self._folder, self._failure, self._reported = None, None, False
+            self._run.end_run()
 
     def __repr__(self) -> str:
         return f"CSVLogger({self.save_dir!r}, name={self.name!r})"

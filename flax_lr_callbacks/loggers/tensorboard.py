@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-import queue
-import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from flax_lr_callbacks.loggers.base import RunFolder, VersionedRun, is_writer_process
+from flax_lr_callbacks.loggers.base import (LoggerError, RunFolder, VersionedRun,
+                                            is_writer_process)
+from flax_lr_callbacks.loggers.writer import EventFile, WriterStalled, WriterThread
 
 __all__ = ["TensorBoardLogger"]
 
@@ -38,13 +39,23 @@ class TensorBoardLogger(VersionedRun):
     dispatch. With `background` (default) the calls only queue the values and one worker
     thread writes them, so the training loop goes on at once.
 
+    Failures are loud and bounded in time. `setup` (called by `Trainer.fit` before the first
+    step) creates the run folder and the event file, so an unwritable `save_dir` fails before
+    training. A write error found by the worker thread (disk full, run folder deleted) or a
+    dead thread is raised as `LoggerError` (logger, event file, reason) by the next call;
+    the writer then drops further writes, so nothing waits on it. No call waits longer than
+    `stall_timeout` for a writer that makes no progress. Unlike tensorboardX's
+    `SummaryWriter` (whose own thread dies silently on such errors and then blocks the
+    caller), events are written by this logger's thread directly; `event_file` names the
+    file.
+
     Args:
       save_dir: folder that holds the runs (created if missing).
       name: optional experiment sub-folder of `save_dir`. Default None (no sub-folder).
       version: None (default): the next free ``version_N``; an int N: ``version_N``; a str:
         that folder name. A given version is reused as it is (its files are kept; a new event
         file is added).
-      flush_secs: seconds between background flushes. Default 10.
+      flush_secs: seconds between flushes to disk (also without `background`). Default 10.
       background: write from a worker thread (default True); False writes in the caller.
 
     Example:
@@ -52,6 +63,10 @@ class TensorBoardLogger(VersionedRun):
       >>> logger.log_dir  # doctest: +SKIP
       'runs/demo/sgd/version_0'
     """
+
+    #: Seconds `log_*` and `finalize` wait for a background writer that makes no progress (a
+    #: hung disk) before raising `LoggerError`; a class attribute, so tests can shorten it.
+    stall_timeout: float = 30.0
 
     def __init__(self, save_dir: str | os.PathLike, name: str | None = None,
                  version: int | str | None = None, *, flush_secs: int = 10,
@@ -62,61 +77,99 @@ class TensorBoardLogger(VersionedRun):
         self._run = RunFolder(save_dir, name, version)
         self.flush_secs = flush_secs
         self.background = background
-        self._writer = None
-        self._folder: str | None = None
+        self._file: EventFile | None = None  # this run's event file, opened by `setup`
         self._tags: set[str] = set()  # scalar tags written in this run
-        self._queue: queue.Queue | None = None
-        self._worker: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def _submit(self, fn: Any, *args: Any) -> None:
-        if self._error is not None:
-            raise RuntimeError("TensorBoardLogger's writer thread failed") from self._error
-        if self._folder is None:
-            self._folder = self._run.ensure_dir()
-        if not self.background:
-            fn(*args)
-            return
-        if self._worker is None:
-            self._queue = queue.Queue()
-            self._worker = threading.Thread(target=self._work, name="tensorboard-writer",
-                                            daemon=True)
-            self._worker.start()
-        self._queue.put((fn, args))
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            try:
-                item[0](*item[1])
-            except BaseException as e:  # reported on the next call or at finalize
-                self._error = e
-
-    def _add_scalars(self, metrics: dict[str, float], step: int) -> None:
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, global_step=step)
+        self._thread: WriterThread | None = None
+        self._next_flush = 0.0  # when the caller flushes next (background=False)
+        self._failure: LoggerError | None = None  # raised at once at every later call
+        self._reported = False  # a call raised `_failure` already
 
     @property
-    def writer(self):
-        """The tensorboardX `SummaryWriter`, opened on first use."""
-        if self._writer is None:
-            from tensorboardX import SummaryWriter
+    def event_file(self) -> str | None:
+        """The path of this run's event file (None before the run's first write)."""
+        return None if self._file is None else self._file.path
 
-            self._writer = SummaryWriter(
-                self._folder, flush_secs=self.flush_secs,
-                filename_suffix=f".{uuid.uuid4().hex[:8]}",
-            )
-        return self._writer
+    def setup(self) -> None:
+        """Creates this run's folder and event file; `LoggerError` naming the path if it
+        cannot. `Trainer.fit` calls it before the first step; a first log call does too."""
+        if self._file is not None or not is_writer_process():
+            return
+        folder = self._prepare_dir()
+        try:
+            self._file = EventFile(folder, f".{uuid.uuid4().hex[:8]}")
+        except OSError as e:
+            raise LoggerError.wrap(self, "create an event file in", os.path.abspath(folder),
+                                   e) from e
+
+    def _fail(self, error: BaseException) -> LoggerError:
+        """Records `error` as this run's failure (the first one counts) and returns it."""
+        if self._failure is None:
+            path = os.path.abspath(self._file.path if self._file is not None else self.log_dir)
+            if isinstance(error, WriterStalled):
+                self._failure = LoggerError(
+                    f"TensorBoardLogger could not write to {path}: {error}; raising instead "
+                    "of waiting on it (TensorBoardLogger.stall_timeout)", path=path)
+                self._failure.__cause__ = error
+            else:
+                self._failure = LoggerError.wrap(self, "write to", path, error)
+        return self._failure
+
+    def _fail_from(self, thread: WriterThread) -> None:
+        if thread.error is not None:
+            self._fail(thread.error)
+        elif thread.died:
+            self._fail(RuntimeError("the writer thread stopped unexpectedly"))
+
+    def _check(self) -> None:
+        """Raises this run's failure: a write error kept by the thread, or a dead thread."""
+        thread = self._thread
+        if self._failure is None and thread is not None:
+            self._fail_from(thread)
+        if self._failure is not None:
+            self._reported = True
+            raise self._failure
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        self._check()
+        self.setup()
+        if not self.background:
+            try:
+                fn(*args)
+                self._file.check()
+                if time.monotonic() >= self._next_flush:
+                    self._file.flush()
+                    self._next_flush = time.monotonic() + self.flush_secs
+            except Exception as e:
+                self._fail(e)
+                self._check()
+            return
+        if self._thread is None:
+            self._thread = WriterThread(self._file.flush, self.flush_secs,
+                                        name="tensorboard-writer", finish=self._file.close,
+                                        stall_secs=self.stall_timeout)
+        try:
+            self._thread.submit(self._write, fn, args)
+        except WriterStalled as e:
+            self._fail(e)
+            self._check()
+
+    def _write(self, fn: Any, args: tuple) -> None:
+        fn(*args)
+        self._file.check()
+
+    def _add_scalars(self, metrics: dict[str, float], step: int, wall_time: float) -> None:
+        from tensorboardX.summary import scalar
+
+        for tag, value in metrics.items():
+            self._file.add(scalar(tag, value), step, wall_time)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Adds one scalar per entry at `step`."""
         if not is_writer_process():
             return
         values = {k: float(v) for k, v in metrics.items()}
+        self._submit(self._add_scalars, values, int(step), time.time())
         self._tags.update(values)
-        self._submit(self._add_scalars, values, int(step))
 
     def log_hyperparams(self, params: Mapping[str, Any],
                         metrics: Mapping[str, float] | None = None) -> None:
@@ -135,16 +188,17 @@ class TensorBoardLogger(VersionedRun):
                  for k, v in params.items()}
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
         new = {k: v for k, v in metrics.items() if k not in self._tags}
-        self._tags.update(new)
+        wall_time = time.time()
 
         def write():
             # SummaryWriter.add_hparams opens a second writer in a sub-folder without our
             # unique file suffix; writing the three summaries here keeps one file per run.
             for summary in hparams(clean, metrics):
-                self.writer.file_writer.add_summary(summary)
-            self._add_scalars(new, 0)
+                self._file.add(summary, 0, wall_time)
+            self._add_scalars(new, 0, wall_time)
 
         self._submit(write)
+        self._tags.update(new)
 
     def log_figure(self, tag: str, figure: Any, step: int = 0) -> None:
         """Adds a matplotlib figure as an image.
@@ -160,22 +214,44 @@ class TensorBoardLogger(VersionedRun):
             FigureCanvasAgg(figure))
         canvas.draw()
         image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-        self._submit(lambda: self.writer.add_image(tag, image, global_step=step,
-                                                   dataformats="HWC"))
+        step, wall_time = int(step), time.time()
+
+        def write():
+            from tensorboardX.summary import image as image_summary
+
+            self._file.add(image_summary(tag, image, dataformats="HWC"), step, wall_time)
+
+        self._submit(write)
 
     def finalize(self) -> None:
         """Writes what is queued, then flushes and closes: the run is complete. A later log
-        call starts the next run (the next free version when `version` was None)."""
-        if self._worker is not None:
-            self._queue.put(None)
-            self._worker.join()
-            self._worker = self._queue = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        self._folder = None
-        self._tags = set()
-        self._run.end_run()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise RuntimeError("TensorBoardLogger's writer thread failed") from error
+        call starts the next run (the next free version when `version` was None).
+
+        Bounded in time: a writer that makes no progress for `stall_timeout` seconds is left
+        behind. Raises `LoggerError` for a failure no earlier call reported (a write error
+        found at the last flush, a deleted event file), after closing.
+        """
+        try:
+            if self._thread is not None:  # its `finish` closes the file
+                try:
+                    self._thread.close()
+                except WriterStalled as e:  # left behind; it closes the file if it recovers
+                    self._fail(e)
+                self._fail_from(self._thread)
+            if self._file is not None and not (self._thread is not None
+                                               and self._thread.alive):
+                try:
+                    self._file.close()  # without a thread, or after it died
+                except Exception as e:
+                    self._fail(e)
+        finally:
+            failure = None if self._reported else self._failure
+            self._file = self._thread = None
+            self._failure, self._reported = None, False
+            self._tags = set()
+            self._run.end_run()
+        if failure is not None:
+            raise failure
+
+    def __repr__(self) -> str:
+        return f"TensorBoardLogger({self.save_dir!r}, name={self.name!r})"
