@@ -31,7 +31,7 @@ from flax_lr_callbacks.hyperparams import injectable
 from flax_lr_callbacks.hyperparams import set_hyperparam
 from flax_lr_callbacks.hyperparams import set_hyperparams
 from flax_lr_callbacks.loggers.base import LoggerCollection
-from flax_lr_callbacks.loggers.base import LoggerError
+from flax_lr_callbacks.loggers.errors import LoggerError
 from flax_lr_callbacks.loggers.csv_logs import CSVLogger
 from flax_lr_callbacks.loggers.tensorboard import TensorBoardLogger
 from flax_lr_callbacks.nnx_state import NNXTrainState

@@ -34,7 +34,8 @@ from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.contract import RunPlan
 from flax_lr_callbacks.data.source import DataSource, shapes, validation_batches
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
-from flax_lr_callbacks.loggers.base import LoggerError, combine_loggers
+from flax_lr_callbacks.loggers.base import combine_loggers
+from flax_lr_callbacks.loggers.errors import LoggerError
 from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
 from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
 from flax_lr_callbacks.step import TrainerState

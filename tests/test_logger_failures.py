@@ -19,11 +19,11 @@ STEPS = 12  # two epochs of 6 batches
 _reference: dict[int, object] = {}
 
 
-def fit(logger, data, state, *, callbacks=(), steps=STEPS):
+def fit(logger, data, state, *, callbacks=(), steps=STEPS, resume=None):
     trainer = Trainer(loss_fn, max_epochs=None, max_steps=steps, log_every_n_steps=2,
                       logger=logger,
                       callbacks=[LearningRateMonitor(), *callbacks], enable_progress_bar=False)
-    return trainer, trainer.fit(state, data[0], data[1])
+    return trainer, trainer.fit(state, data[0], data[1], resume_from=resume)
 
 
 def reference(steps, data, state):
@@ -356,3 +356,23 @@ def test_version_named_file_does_not_loop(tmp_path):
     (tmp_path / "version_0").write_text("")
     out = within(10, lambda: TensorBoardLogger(tmp_path).log_dir)
     assert out["value"] == str(tmp_path / "version_1")
+
+
+def test_checkpoints_survive_a_logger_failure_and_resume(data, state, tmp_path, monkeypatch):
+    """Disk full in the logger mid-run: ModelCheckpoint's writes are complete, and resuming
+    from the latest one with a working logger ends bitwise where an unbroken run ends."""
+    from flax_lr_callbacks import ModelCheckpoint
+
+    def run(ckpt_dir, logger, resume=False):
+        return fit(logger, data, state, callbacks=[ModelCheckpoint(ckpt_dir, every_n_steps=2)],
+                   resume="latest" if resume else None)[1]
+
+    full = run(tmp_path / "full", None)
+    with monkeypatch.context() as m:
+        m.setattr(writer_lib.EventFile, "add", disk_full(writer_lib.EventFile.add, 25))
+        with pytest.raises(LoggerError, match="No space left on device") as info:
+            run(tmp_path / "broken", TensorBoardLogger(tmp_path / "logs", background=False))
+    steps = sorted(int(p.name) for p in (tmp_path / "broken").iterdir() if p.name.isdigit())
+    assert steps and 2 <= steps[-1] <= int(info.value.state.step) < STEPS
+    resumed = run(tmp_path / "broken", TensorBoardLogger(tmp_path / "logs"), resume=True)
+    assert_same_state(resumed, full)

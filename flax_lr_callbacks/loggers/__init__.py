@@ -2,7 +2,7 @@
 
 from flax_lr_callbacks.loggers.base import Logger
 from flax_lr_callbacks.loggers.base import LoggerCollection
-from flax_lr_callbacks.loggers.base import LoggerError
+from flax_lr_callbacks.loggers.errors import LoggerError
 from flax_lr_callbacks.loggers.base import combine_loggers
 from flax_lr_callbacks.loggers.csv_logs import CSVLogger
 from flax_lr_callbacks.loggers.run_config import final_metrics

@@ -86,7 +86,8 @@ class TensorBoardLogger(VersionedRun):
 
     @property
     def event_file(self) -> str | None:
-        """The path of this run's event file (None before the run's first write)."""
+        """The path of this run's event file (None outside a run: before `setup` or the first
+        write, and after `finalize`)."""
         return None if self._file is None else self._file.path
 
     def setup(self) -> None:
@@ -104,7 +105,8 @@ class TensorBoardLogger(VersionedRun):
     def _fail(self, error: BaseException) -> LoggerError:
         """Records `error` as this run's failure (the first one counts) and returns it."""
         if self._failure is None:
-            path = os.path.abspath(self._file.path if self._file is not None else self.log_dir)
+            path = os.path.abspath(self._file.path if self._file is not None
+                                   else self._run.root_dir)
             if isinstance(error, WriterStalled):
                 self._failure = LoggerError(
                     f"TensorBoardLogger could not write to {path}: {error}; raising instead "
@@ -130,12 +132,13 @@ class TensorBoardLogger(VersionedRun):
             raise self._failure
 
     def _submit(self, fn: Any, *args: Any) -> None:
+        """Runs ``fn(event_file, *args)`` now or on the writer thread (`background`). The file
+        goes with the job: a writer left behind by `finalize` never writes into a later run."""
         self._check()
         self.setup()
         if not self.background:
             try:
-                fn(*args)
-                self._file.check()
+                self._write(self._file, fn, args)
                 if time.monotonic() >= self._next_flush:
                     self._file.flush()
                     self._next_flush = time.monotonic() + self.flush_secs
@@ -148,20 +151,23 @@ class TensorBoardLogger(VersionedRun):
                                         name="tensorboard-writer", finish=self._file.close,
                                         stall_secs=self.stall_timeout)
         try:
-            self._thread.submit(self._write, fn, args)
+            self._thread.submit(self._write, self._file, fn, args)
         except WriterStalled as e:
             self._fail(e)
             self._check()
 
-    def _write(self, fn: Any, args: tuple) -> None:
-        fn(*args)
-        self._file.check()
+    @staticmethod
+    def _write(file: EventFile, fn: Any, args: tuple) -> None:
+        fn(file, *args)
+        file.check()
 
-    def _add_scalars(self, metrics: dict[str, float], step: int, wall_time: float) -> None:
+    @staticmethod
+    def _add_scalars(file: EventFile, metrics: dict[str, float], step: int,
+                     wall_time: float) -> None:
         from tensorboardX.summary import scalar
 
         for tag, value in metrics.items():
-            self._file.add(scalar(tag, value), step, wall_time)
+            file.add(scalar(tag, value), step, wall_time)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Adds one scalar per entry at `step`."""
@@ -190,12 +196,12 @@ class TensorBoardLogger(VersionedRun):
         new = {k: v for k, v in metrics.items() if k not in self._tags}
         wall_time = time.time()
 
-        def write():
-            # SummaryWriter.add_hparams opens a second writer in a sub-folder without our
-            # unique file suffix; writing the three summaries here keeps one file per run.
+        def write(file):
+            # tensorboardX's add_hparams would open a second event file in a sub-folder;
+            # the three summaries go into the run's one file instead.
             for summary in hparams(clean, metrics):
-                self._file.add(summary, 0, wall_time)
-            self._add_scalars(new, 0, wall_time)
+                file.add(summary, 0, wall_time)
+            self._add_scalars(file, new, 0, wall_time)
 
         self._submit(write)
         self._tags.update(new)
@@ -204,7 +210,8 @@ class TensorBoardLogger(VersionedRun):
         """Adds a matplotlib figure as an image.
 
         The figure is rendered here, in the caller's thread: matplotlib's text layout is not
-        thread-safe, and the caller may draw another figure while the writer works.
+        thread-safe, and the caller may draw another figure while the writer works. A figure
+        that fails to render raises here and queues nothing.
         """
         if not is_writer_process():
             return
@@ -216,10 +223,10 @@ class TensorBoardLogger(VersionedRun):
         image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
         step, wall_time = int(step), time.time()
 
-        def write():
+        def write(file):
             from tensorboardX.summary import image as image_summary
 
-            self._file.add(image_summary(tag, image, dataformats="HWC"), step, wall_time)
+            file.add(image_summary(tag, image, dataformats="HWC"), step, wall_time)
 
         self._submit(write)
 
@@ -247,7 +254,7 @@ class TensorBoardLogger(VersionedRun):
         finally:
             failure = None if self._reported else self._failure
             self._file = self._thread = None
-            self._failure, self._reported = None, False
+            self._failure, self._reported, self._next_flush = None, False, 0.0
             self._tags = set()
             self._run.end_run()
         if failure is not None:
