@@ -376,3 +376,20 @@ def test_checkpoints_survive_a_logger_failure_and_resume(data, state, tmp_path, 
     assert steps and 2 <= steps[-1] <= int(info.value.state.step) < STEPS
     resumed = run(tmp_path / "broken", TensorBoardLogger(tmp_path / "logs"), resume=True)
     assert_same_state(resumed, full)
+
+
+def test_background_writer_flushes_every_flush_secs(tmp_path):
+    """Values reach the file within about flush_secs, before finalize (TensorBoard can
+    show a run while it trains)."""
+    from test_tensorboard import read_scalars
+
+    logger = TensorBoardLogger(tmp_path, flush_secs=0.05)
+    logger.log_metrics({"x": 1.0}, step=0)
+    time.sleep(0.2)  # the first job is flushed at once; the second within flush_secs
+    logger.log_metrics({"x": 2.0}, step=1)
+    deadline = time.monotonic() + 10
+    while (read_scalars(logger.log_dir).get("x", ([],))[0] != [0, 1]
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert read_scalars(logger.log_dir)["x"][0] == [0, 1]
+    logger.finalize()

@@ -91,7 +91,8 @@ class WriterThread:
       are queued, and then at most `stall_secs` without progress (`WriterStalled`).
     - The first job (or flush) that raises is kept in `error`; later jobs are dropped, so the
       queue still drains. The owner re-raises `error` on its next call.
-    - `flush()` runs every `flush_secs` while jobs come (any value: inf or NaN mean never).
+    - `flush()` runs every `flush_secs` while jobs come (any value: inf or NaN mean never,
+      <= 0 after every job; an idle thread sleeps until the next job).
       `close` queues a stop; the thread runs `finish()` (also after an error, to release
       files) and ends. `close` waits for that at most `stall_secs` without progress.
     """
@@ -157,8 +158,10 @@ class WriterThread:
             next_flush = time.monotonic() + self._flush_secs
             pending = False
             while True:
-                wait = next_flush - time.monotonic()
-                wait = _MAX_WAIT if not wait < _MAX_WAIT else max(wait, 0.0)
+                wait = None  # nothing to flush: sleep until a job (or the stop) comes
+                if pending:
+                    wait = next_flush - time.monotonic()
+                    wait = _MAX_WAIT if not wait < _MAX_WAIT else max(wait, 0.0)
                 try:
                     fn, args = self._queue.get(timeout=wait)
                 except queue.Empty:
