@@ -64,10 +64,10 @@ class LoggerCollection:
     """Several loggers used as one: every call goes to each, in order.
 
     `finalize` reaches every logger even when one of them raises; the first error is raised
-    after all were called. Other calls stop at the first logger that raises. `log_dir` is the first logger's that has one (where `LRFinder`
-    puts its PNG). Loggers of the list with the same ``save_dir/name`` and an automatic
-    version share one ``version_N`` folder per run (e.g. TensorBoard events and
-    ``metrics.csv`` side by side).
+    after all were called. Other calls stop at the first logger that raises. `log_dir` is the
+    first logger's that has one (where `LRFinder` puts its PNG). Loggers of the list with the
+    same ``save_dir/name`` and an automatic version share one ``version_N`` folder per run
+    (e.g. TensorBoard events and ``metrics.csv`` side by side).
 
     Args:
       loggers: objects with `log_metrics`, `log_hyperparams` and `finalize`.

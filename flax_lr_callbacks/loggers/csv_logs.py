@@ -59,7 +59,6 @@ class CSVLogger(VersionedRun):
         self._columns: list[str] = []  # the header of this run's metrics.csv, once written
         self._folder: str | None = None  # this run's folder, checked by `setup`
         self._failure: LoggerError | None = None  # raised again at every later call
-        self._reported = False
 
     @property
     def metrics_path(self) -> str:
@@ -70,14 +69,12 @@ class CSVLogger(VersionedRun):
         path if not). `Trainer.fit` calls it before the first step; a first log call does
         too."""
         if self._failure is not None:
-            self._reported = True
             raise self._failure
         if self._folder is None and is_writer_process():
             self._folder = self._prepare_dir()
 
     def _fail(self, path: str, error: BaseException) -> None:
         self._failure = LoggerError.wrap(self, "write to", os.path.abspath(path), error)
-        self._reported = True
         raise self._failure
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -158,14 +155,14 @@ class CSVLogger(VersionedRun):
     def finalize(self) -> None:
         """Writes what is buffered; the run is complete (the next call starts a new one).
 
-        Raises a failure no earlier call reported; one already raised is not raised again.
+        A failure an earlier call raised is not raised again (its rows are dropped).
         """
         try:
             if self._failure is None:
                 self.save()
         finally:
             self._rows, self._open, self._columns = [], {}, []
-            self._folder, self._failure, self._reported = None, None, False
+            self._folder, self._failure = None, None
             self._run.end_run()
 
     def __repr__(self) -> str:
