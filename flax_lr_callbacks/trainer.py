@@ -182,7 +182,8 @@ class Trainer(CallbackHost):
         self.call_hook(hook, state, *args)
 
     def fit(self, state: Any, train_data: Any, val_data: Any = None, *,
-            resume_from: str | os.PathLike | None = None) -> Any:
+            resume_from: str | os.PathLike | None = None,
+            allow_changed_settings: bool = False) -> Any:
         """Trains `state` and returns the trained state. The caller's `state` is not modified.
 
         Args:
@@ -198,8 +199,11 @@ class Trainer(CallbackHost):
             directory, or one step directory in it. Params, optimizer and callback state, PRNG
             key, counters and the data position are restored, and training continues at the
             next batch; `state` then only supplies the structure (model, optimizer). The
-            Trainer must be configured as before (same epochs, data length, callbacks); a
-            mismatch raises `CheckpointError` naming it.
+            Trainer must be configured as before (same epochs, data length, callbacks, seed,
+            each stateful callback's settings); a mismatch raises `CheckpointError` naming it.
+          allow_changed_settings: resume although the seed or a stateful callback's settings
+            differ from the checkpoint's (a warning lists them). Lightning and Keras do not
+            compare settings at all.
         """
         self.data = source = DataSource(train_data)
         spe = source.plan(self.steps_per_epoch_arg)
@@ -221,7 +225,7 @@ class Trainer(CallbackHost):
 
             start_epoch, start_batch, data_state = checkpointing.resume(
                 self, lambda: self.init_trainer_state(state, spe, total, first_batch),
-                resume_from)
+                resume_from, allow_changed_settings)
             source.restore(data_state)
         try:
             self._call("on_fit_start")
