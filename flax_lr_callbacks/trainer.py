@@ -202,9 +202,14 @@ class Trainer(CallbackHost):
             Trainer must be configured as before (same epochs, data length, callbacks, seed,
             each stateful callback's settings); a mismatch raises `CheckpointError` naming it.
           allow_changed_settings: resume although the seed or a stateful callback's settings
-            differ from the checkpoint's (a warning lists them). Lightning and Keras do not
-            compare settings at all.
+            differ from the checkpoint's (a warning lists them); what the checkpoint holds
+            (callbacks' device state, the PRNG key) continues as saved. Lightning matches
+            callback state by a `state_key` (built from a few settings for some callbacks)
+            and compares nothing else; Keras' `BackupAndRestore` compares no settings.
         """
+        if allow_changed_settings and resume_from is None:
+            raise ValueError("allow_changed_settings=True only applies when resuming; pass "
+                             "resume_from=... as well, or drop it")
         self.data = source = DataSource(train_data)
         spe = source.plan(self.steps_per_epoch_arg)
         epochs = self.max_epochs if self.max_epochs is not None else math.ceil(

@@ -213,6 +213,9 @@ def test_changed_callback_setting_is_listed_and_can_be_accepted(tmp_path):
         trainer.fit(make_state(), ArrayDataset(d, 16, seed=1), resume_from="latest",
                     allow_changed_settings=True)
     assert trainer.global_step == 18
+    with pytest.raises(ValueError, match="allow_changed_settings=True only applies when "
+                                         "resuming; pass resume_from"):
+        trainer.fit(make_state(), ArrayDataset(d, 16, seed=1), allow_changed_settings=True)
 
 
 def test_changed_seed_is_listed(tmp_path):
