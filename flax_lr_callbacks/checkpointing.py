@@ -25,9 +25,13 @@ looks complete. Temporary leftovers are removed when a manager is opened.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ import jax
 import numpy as np
 
 from flax_lr_callbacks.callbacks.base import Callback
+from flax_lr_callbacks.loggers.run_config import settings as _run_settings
 
 __all__ = ["CheckpointError", "open_manager", "write", "resolve", "restore", "resume"]
 
@@ -182,6 +187,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool,
         "callback_metrics": trainer.callback_metrics,
         "callbacks": [{"type": type(c).__name__, "repr": repr(c), "state": c.state_dict()}
                       for c in stateful(trainer.callbacks)],
+        "settings": _run_settings(trainer, stateful(trainer.callbacks)),
         "checkpointers": {str(c.directory.absolute()): c.state_dict()
                           for c in trainer.callbacks if _is_checkpointer(c)},
         "data_iterator": trainer.data.state(),
@@ -209,11 +215,60 @@ def resolve(resume_from: str | os.PathLike, callbacks: list[Callback]) -> tuple[
         raise CheckpointError(f"resume_from={str(resume_from)!r}: no such directory")
     if (path / META).is_dir() and path.name.isdigit():
         return path.parent, int(path.name)
-    steps = sorted(int(p.name) for p in path.iterdir()
-                   if p.name.isdigit() and (p / META).is_dir())
+    steps = _steps(path)
     if not steps:
         raise CheckpointError(f"resume_from={str(resume_from)!r}: no checkpoint in {path}")
     return path, steps[-1]
+
+
+@contextlib.contextmanager
+def _reads_finish_before_loop_closes():
+    """Orbax runs each restore in a new event loop and closes it when the first array read
+    fails, while tensorstore still completes the other reads: each then calls back into the
+    closed loop and prints an "Event loop is closed" traceback (dozens per corrupt step).
+    Within this block the loop first waits for those reads (their errors are the same one).
+    Orbax internals, pinned in constraints.txt; without them restores run unchanged."""
+    try:
+        from orbax.checkpoint._src import asyncio_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(asyncio_utils, "_run_sync_via_new_loop", None)
+    if original is None:
+        yield
+        return
+
+    def run_and_drain(coro: Any) -> Any:
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(coro)
+        finally:
+            pending = asyncio.all_tasks(loop)
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    asyncio_utils._run_sync_via_new_loop = run_and_drain
+    try:
+        yield
+    finally:
+        asyncio_utils._run_sync_via_new_loop = original
+
+
+def _steps(root: Path) -> list[int]:
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / META).is_dir())
+
+
+def _short(error: Exception) -> str:
+    """The first line of an orbax/tensorstore error, without its spec dumps."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.split(r" \[tensorstore_spec", text)[0]
+    parts = text.split(": ")
+    if len(parts) > 4:  # tensorstore nests "Error opening ...: Error reading ...: <cause>"
+        text = ": ".join([parts[0], "...", *parts[-3:]])
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _read(root: Path, step: int, abstract: dict[str, Any] | None) -> dict[str, Any]:
@@ -223,13 +278,18 @@ def _read(root: Path, step: int, abstract: dict[str, Any] | None) -> dict[str, A
         items[STATE] = ocp.args.StandardRestore(abstract)
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
-        return checkpointer.restore(root / str(step), args=ocp.args.Composite(**items))
+        with _reads_finish_before_loop_closes():
+            return checkpointer.restore(root / str(step), args=ocp.args.Composite(**items))
     except Exception as e:  # orbax raises many types for unreadable files
-        raise CheckpointError(
-            f"checkpoint {root / str(step)} could not be read ({type(e).__name__}: {e})"
-        ) from e
+        error = e
     finally:
         checkpointer.close()
+    older = [s for s in _steps(root) if s < step]
+    hint = (f"older checkpoints there: steps {older}; resume from the newest with "
+            f"resume_from={str(root / str(older[-1]))!r}" if older
+            else "there is no older checkpoint in that directory")
+    raise CheckpointError(f"checkpoint {root / str(step)} is damaged and could not be read "
+                          f"({type(error).__name__}: {_short(error)}); {hint}") from None
 
 
 def _check_meta(meta: dict[str, Any], trainer: Any, where: Path) -> None:
@@ -255,6 +315,53 @@ def _check_meta(meta: dict[str, Any], trainer: Any, where: Path) -> None:
                               + "\n  ".join(problems))
 
 
+_COMPARED_ABOVE = ("steps_per_epoch", "total_steps", "log_every_n_steps")
+_SAME_RESULT = ("steps_per_dispatch",)  # fusing K steps computes the same run
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # reprs of functions/objects differ per process
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ADDRESS.sub("", value)
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return value
+
+
+def _changed_settings(meta: dict[str, Any], trainer: Any) -> list[str]:
+    """The Trainer's and stateful callbacks' settings that differ from those saved, read
+    before the callbacks load their saved state (checkpoints written before settings were
+    saved have none and are not compared)."""
+    if "settings" not in meta:
+        return []
+    saved = meta["settings"]
+    now = _from_json(_jsonable(_run_settings(trainer, stateful(trainer.callbacks))))
+    missing = "(not set)"
+    return [f"{k}: checkpoint {saved.get(k, missing)!r}, this fit {now.get(k, missing)!r}"
+             for k in sorted(set(saved) | set(now))
+             if k not in _COMPARED_ABOVE + _SAME_RESULT
+             and _comparable(saved.get(k, missing)) != _comparable(now.get(k, missing))]
+
+
+def _check_settings(diffs: list[str], where: Path, allow: bool) -> None:
+    """Raises CheckpointError listing `diffs`, or warns with `allow`."""
+    if not diffs:
+        return
+    listed = "\n  " + "\n  ".join(diffs)
+    kept = ("The checkpoint's state is restored as saved: values a callback keeps in its state "
+            "(e.g. OneCycle's max_lr) and the PRNG key (from the seed) continue from the "
+            "checkpoint; the new settings apply only where a callback reads them at run time")
+    if allow:
+        warnings.warn(f"resuming from {where} with changed settings (allow_changed_settings="
+                      f"True):{listed}\n{kept}", UserWarning, stacklevel=4)
+        return
+    raise CheckpointError(
+        f"checkpoint {where} was written with other settings than this fit (setting: "
+        f"checkpoint value, this fit's value):{listed}\nConstruct the Trainer and callbacks as "
+        "in that run, or accept the change with fit(..., resume_from=..., "
+        f"allow_changed_settings=True). {kept}")
+
+
 def _check_leaves(meta: dict[str, Any], paths: list[str], leaves: list[Any],
                   where: Path) -> None:
     saved = {p: (tuple(s), d) for p, s, d in meta["leaves"]}
@@ -271,7 +378,8 @@ def _check_leaves(meta: dict[str, Any], paths: list[str], leaves: list[Any],
                               "optimizer differ):\n  " + "\n  ".join(shown))
 
 
-def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike) -> dict[str, Any]:
+def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike,
+            allow_changed_settings: bool = False) -> dict[str, Any]:
     """Restores a fit into `trainer`; returns the checkpoint's meta (position, iterator).
 
     `template_fn()` builds a fresh `TrainerState` (after the callbacks' host state is loaded);
@@ -281,6 +389,7 @@ def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike) -> d
     where = root / str(step)
     meta = _from_json(_read(root, step, None)[META])
     _check_meta(meta, trainer, where)
+    changed = _changed_settings(meta, trainer)
     for cb, saved in zip(stateful(trainer.callbacks), meta["callbacks"]):
         cb.load_state_dict(saved["state"])
     for cb in filter(_is_checkpointer, trainer.callbacks):
@@ -291,6 +400,7 @@ def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike) -> d
     tree = _saved_tree(trainer)
     paths, leaves = _leaves(tree)
     _check_leaves(meta, paths, leaves, where)
+    _check_settings(changed, where, allow_changed_settings)
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=x.sharding), tree)
     restored = _read(root, step, abstract)[STATE]
@@ -302,11 +412,11 @@ def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike) -> d
     return meta
 
 
-def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike
-           ) -> tuple[int, int, Any]:
+def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike,
+           allow_changed_settings: bool = False) -> tuple[int, int, Any]:
     """`restore`, then the trainer's host counters; returns ``(epoch, batch, data state)``:
     where the loop continues (the data state goes to `DataSource.restore`)."""
-    meta = restore(trainer, template_fn, resume_from)
+    meta = restore(trainer, template_fn, resume_from, allow_changed_settings)
     trainer.resumed_from = meta["path"]
     trainer.global_step = trainer.start_step = meta["global_step"]
     trainer.progress.window_start = meta["window_start"]

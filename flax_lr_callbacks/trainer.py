@@ -183,7 +183,8 @@ class Trainer(CallbackHost):
         self.call_hook(hook, state, *args)
 
     def fit(self, state: Any, train_data: Any, val_data: Any = None, *,
-            resume_from: str | os.PathLike | None = None) -> Any:
+            resume_from: str | os.PathLike | None = None,
+            allow_changed_settings: bool = False) -> Any:
         """Trains `state` and returns the trained state. The caller's `state` is not modified.
 
         Args:
@@ -199,9 +200,17 @@ class Trainer(CallbackHost):
             directory, or one step directory in it. Params, optimizer and callback state, PRNG
             key, counters and the data position are restored, and training continues at the
             next batch; `state` then only supplies the structure (model, optimizer). The
-            Trainer must be configured as before (same epochs, data length, callbacks); a
-            mismatch raises `CheckpointError` naming it.
+            Trainer must be configured as before (same epochs, data length, callbacks, seed,
+            each stateful callback's settings); a mismatch raises `CheckpointError` naming it.
+          allow_changed_settings: resume although the seed or a stateful callback's settings
+            differ from the checkpoint's (a warning lists them); what the checkpoint holds
+            (callbacks' device state, the PRNG key) continues as saved. Lightning matches
+            callback state by a `state_key` (built from a few settings for some callbacks)
+            and compares nothing else; Keras' `BackupAndRestore` compares no settings.
         """
+        if allow_changed_settings and resume_from is None:
+            raise ValueError("allow_changed_settings=True only applies when resuming; pass "
+                             "resume_from=... as well, or drop it")
         self.data = source = DataSource(train_data)
         spe = source.plan(self.steps_per_epoch_arg)
         epochs = self.max_epochs if self.max_epochs is not None else math.ceil(
@@ -222,7 +231,7 @@ class Trainer(CallbackHost):
 
             start_epoch, start_batch, data_state = checkpointing.resume(
                 self, lambda: self.init_trainer_state(state, spe, total, first_batch),
-                resume_from)
+                resume_from, allow_changed_settings)
             source.restore(data_state)
         if self.logger is not None and callable(getattr(self.logger, "setup", None)):
             self.logger.setup()  # an unwritable log folder fails here, before any step

@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from flax_lr_callbacks import checkpointing
+import numpy as np
+from flax_lr_callbacks import checkpoint_lock, checkpointing
 from flax_lr_callbacks.validation import check_choice
 from flax_lr_callbacks.callbacks.base import Callback
 
@@ -42,7 +43,15 @@ class ModelCheckpoint(Callback):
     with Lightning's meaning of the arguments: `save_top_k` best by `monitor` (the most recent
     ones without a monitor), plus the newest one when `save_last`, so
     ``resume_from="latest"`` always finds where the fit stopped. A checkpoint whose monitored
-    value is missing or not finite is never among the best.
+    value is missing or not finite is never among the best (a warning names the value and
+    step), and with `monitor` the newest checkpoint with a finite value is always kept, so a
+    run that went NaN can resume from before it did.
+
+    One run owns the directory while it fits: a lock file ``<directory>/.lock`` (pid, host,
+    start time) is created at fit start and removed at the end, also when the fit fails. A
+    second run into the same directory meanwhile (another process or another Trainer) is
+    refused with a `CheckpointError` naming the owner; a lock left by a run that died on this
+    host is taken over with a warning. In a multi-process run, process 0 holds the lock.
 
     Saves happen after all other callbacks' hooks for that step or epoch, whatever this
     callback's place in the list. A save due on the last batch of an epoch is made at the end
@@ -109,6 +118,7 @@ class ModelCheckpoint(Callback):
         self._manager = None
         self._pending = False
         self._warned = False
+        self._lock: Path | None = None
 
     @property
     def best_path(self) -> Path | None:
@@ -119,6 +129,7 @@ class ModelCheckpoint(Callback):
         self.saved_steps, self._pending = [], False
         if not getattr(trainer, "resuming", False):
             self.best_step = self.best_score = None
+        self._take_lock()
         existing = sorted(int(p.name) for p in self.directory.iterdir()
                           if p.name.isdigit()) if self.directory.is_dir() else []
         resumed = Path(trainer.resumed_from) if getattr(trainer, "resumed_from", None) else None
@@ -136,6 +147,28 @@ class ModelCheckpoint(Callback):
         self._manager = checkpointing.open_manager(self.directory, async_save=self.async_save,
                                                    preservation_policy=self._policy())
 
+    def _take_lock(self) -> None:
+        """Locks the directory for this fit (`checkpoint_lock`). Orbax's primary process
+        (0) takes the lock for a multi-process run; the others learn whether it succeeded."""
+        import jax
+
+        error = None
+        if jax.process_index() == 0:
+            try:
+                self._lock = checkpoint_lock.acquire(self.directory)
+            except checkpointing.CheckpointError as e:
+                error = e
+        if jax.process_count() > 1:  # once per fit: every process must stop, or none
+            from jax.experimental import multihost_utils
+
+            locked = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+            if not locked and error is None:
+                error = checkpointing.CheckpointError(
+                    f"process 0 could not lock checkpoint directory {str(self.directory)!r} "
+                    "(its error names the run that holds it)")
+        if error is not None:
+            raise error
+
     def _policy(self) -> Any:
         """Lightning's save_top_k / save_last as an orbax preservation policy."""
         from orbax.checkpoint import checkpoint_managers as cm
@@ -151,6 +184,10 @@ class ModelCheckpoint(Callback):
                 policies.append(cm.BestN(
                     get_metric_fn=lambda metrics: metrics[monitor], n=self.save_top_k,
                     reverse=self.mode == "min", keep_checkpoints_without_metrics=False))
+        if self.monitor is not None:
+            # only finite scores reach orbax as metrics (`_save`): a run that went NaN keeps
+            # its newest finite checkpoint even when save_last/recency would prune it
+            policies.append(_LatestScored())
         return cm.AnyPreservationPolicy(policies)
 
     def on_train_batch_end(self, trainer: Any, state: Any) -> None:
@@ -191,9 +228,14 @@ class ModelCheckpoint(Callback):
             return
         score = self._score(trainer)
         if score is not None and not math.isfinite(score):
+            warnings.warn(
+                f"ModelCheckpoint: {self.monitor}={score} at step {trainer.global_step} is not "
+                f"finite; this checkpoint is never ranked best, and the newest checkpoint with a "
+                f"finite {self.monitor} is kept", RuntimeWarning, stacklevel=3)
             score = None  # a NaN model is never "best"
-        if score is not None and (self.best_score is None or (
-                score < self.best_score if self.mode == "min" else score > self.best_score)):
+        best = self.best_score
+        if score is not None and (best is None or not math.isfinite(best) or (
+                score < best if self.mode == "min" else score > best)):
             self.best_step, self.best_score = trainer.global_step, score
         # The best-so-far goes into the checkpoint being written, so update it first.
         step = checkpointing.write(
@@ -203,10 +245,17 @@ class ModelCheckpoint(Callback):
         log.info("ModelCheckpoint: saved step %d to %s", step, self.directory)
 
     def teardown(self, trainer: Any, state: Any) -> None:
-        if self._manager is not None:
-            self._manager.wait_until_finished()
-            self._manager.close()
-            self._manager = None
+        try:
+            if self._manager is not None:
+                manager, self._manager = self._manager, None
+                try:
+                    manager.wait_until_finished()
+                finally:
+                    manager.close()
+        finally:
+            if self._lock is not None:
+                lock, self._lock = self._lock, None
+                checkpoint_lock.release(lock)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_step": self.best_step, "best_score": self.best_score}
@@ -214,6 +263,17 @@ class ModelCheckpoint(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_step = state_dict["best_step"]
         self.best_score = state_dict["best_score"]
+        if self.best_score is not None and not math.isfinite(self.best_score):
+            self.best_step = self.best_score = None  # an older version ranked NaN best
 
     def __repr__(self) -> str:
         return f"ModelCheckpoint({str(self.directory)!r})"
+
+
+class _LatestScored:
+    """An orbax preservation policy: keep the newest checkpoint saved with metrics (for
+    `ModelCheckpoint`, the newest whose monitored value was finite)."""
+
+    def should_preserve(self, checkpoints: Any, *, context: Any = None) -> list[bool]:
+        scored = [i for i, c in enumerate(checkpoints) if c.metrics is not None]
+        return [bool(scored) and i == scored[-1] for i in range(len(checkpoints))]

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["run_config", "final_metrics"]
+__all__ = ["run_config", "final_metrics", "settings"]
 
 _SKIP = ("ProgressBar",)  # display only; nothing about the run
 _MAX_STR = 120
@@ -90,15 +90,43 @@ def _peak_lr(callbacks: Any) -> float | None:
     return None
 
 
-def _add_callback(config: dict[str, Any], prefix: str, cb: Any) -> None:
-    for name, v in {**_settings(cb), **_effective(cb)}.items():
+def _add_callback(config: dict[str, Any], prefix: str, cb: Any, effective: bool) -> None:
+    for name, v in {**_settings(cb), **(_effective(cb) if effective else {})}.items():
         config[f"{prefix}/{name}"] = _value(v)
     seen: dict[str, int] = {}
     for child in getattr(cb, "children", ()):
         name = type(child).__name__
         seen[name] = seen.get(name, -1) + 1
         _add_callback(config, f"{prefix}/{name}" + (f"_{seen[name]}" if seen[name] else ""),
-                      child)
+                      child, effective)
+
+
+def _add_callbacks(config: dict[str, Any], callbacks: Any, effective: bool) -> None:
+    seen: dict[str, int] = {}
+    for cb in callbacks:
+        name = type(cb).__name__
+        if name in _SKIP:
+            continue
+        seen[name] = seen.get(name, -1) + 1
+        _add_callback(config, name + (f"_{seen[name]}" if seen[name] else ""), cb, effective)
+
+
+def _plan(trainer: Any) -> dict[str, Any]:
+    return {
+        "max_epochs": trainer.max_epochs_planned, "total_steps": trainer.total_steps,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "log_every_n_steps": trainer.log_every_n_steps,
+        "steps_per_dispatch": getattr(trainer, "steps_per_dispatch", 1), "seed": trainer.seed,
+    }
+
+
+def settings(trainer: Any, callbacks: Any) -> dict[str, int | float | str | bool]:
+    """The settings a resumed fit is compared by (`checkpointing`): the run plan and seed,
+    and the constructor settings of `callbacks`, named as in `run_config`; no values the fit
+    settled (a finder's suggestion), which a checkpoint restores instead."""
+    config = _plan(trainer)
+    _add_callbacks(config, callbacks, effective=False)
+    return config
 
 
 def run_config(trainer: Any) -> dict[str, int | float | str | bool]:
@@ -116,12 +144,7 @@ def run_config(trainer: Any) -> dict[str, int | float | str | bool]:
     """
     from flax_lr_callbacks.hyperparams import DEFAULT_GROUP
 
-    config: dict[str, Any] = {
-        "max_epochs": trainer.max_epochs_planned, "total_steps": trainer.total_steps,
-        "steps_per_epoch": trainer.steps_per_epoch,
-        "log_every_n_steps": trainer.log_every_n_steps,
-        "steps_per_dispatch": getattr(trainer, "steps_per_dispatch", 1), "seed": trainer.seed,
-    }
+    config: dict[str, Any] = _plan(trainer)
     base = {}
     if getattr(trainer, "trainer_state", None) is not None:
         base = jax.device_get(trainer.trainer_state.base_hparams)
@@ -135,13 +158,7 @@ def run_config(trainer: Any) -> dict[str, int | float | str | bool]:
         peak = config.get("optimizer/learning_rate")
     if peak is not None:
         config["learning_rate"] = peak
-    seen: dict[str, int] = {}
-    for cb in trainer.callbacks:
-        name = type(cb).__name__
-        if name in _SKIP:
-            continue
-        seen[name] = seen.get(name, -1) + 1
-        _add_callback(config, name + (f"_{seen[name]}" if seen[name] else ""), cb)
+    _add_callbacks(config, trainer.callbacks, effective=True)
     return config
 
 
