@@ -76,7 +76,9 @@ class EarlyStopping(MonitoredCallback):
       divergence_threshold: stop as soon as the value is worse than this (None: off).
       check_finite: stop when the value is NaN or infinite. Default True; with False a
         non-finite value is skipped with a warning.
-      baseline: a value the monitor must beat for the wait to reset (Keras). Default None.
+      baseline: a value the monitor must beat for the wait to reset (Keras: a check that
+        improves on the best but not on the baseline adds to the wait but never stops).
+        Default None.
       start_from_epoch: checks in epochs before this one are skipped (>= 0). Default 0.
       strict: also raise when a ``val_*`` monitor is missing before the first validation.
       verbose: log each improvement (the stop reason is always logged).
@@ -162,6 +164,9 @@ class EarlyStopping(MonitoredCallback):
                                                  self.min_delta):
                 self.wait_count = 0
                 return False, f"{name} improved to {value:.6g} (from {best:.6g})"
+            self.wait_count += 1  # Keras: an improvement short of the baseline never stops
+            return False, (f"{name} improved to {value:.6g}, short of baseline "
+                           f"{self.baseline}")
         self.wait_count += 1
         if self.wait_count >= self.patience:
             what = (f"did not beat baseline {self.baseline}" if self.baseline is not None
