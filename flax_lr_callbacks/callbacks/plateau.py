@@ -192,7 +192,7 @@ class ReduceLROnPlateau(MonitoredCallback):
 
     # ------------------------------------------------------------------ host hooks
     def on_fit_start(self, trainer: Any, state: Any) -> None:
-        if getattr(trainer, "resuming", False):  # state_dict and device scale came from the checkpoint
+        if getattr(trainer, "resuming", False):  # host and device state: from the checkpoint
             self.check_can_appear(trainer)
             return
         self.start_checks(trainer)

@@ -45,8 +45,9 @@ class SmoothedPlateau(Callback):
 
     A non-finite value is skipped (neither good nor bad, and it does not enter the EMA or
     count towards cooldown); the host warns about it at the next log point (naming the value
-    and step, read from the records fetched there, so no extra transfer). It is a modifier: the applied LR is
-    ``max(base * scale, min(base, min_lr))`` for whatever schedule sets the base. The whole
+    and step, read from the records fetched there, so no extra transfer). It is a modifier:
+    the applied LR is ``max(base * scale, min(base, min_lr))`` for whatever schedule sets the
+    base. The whole
     decision state is device state, so it is checkpointed with the model and resumes exactly.
     optax's `contrib.reduce_on_plateau` also decides in-graph, but as an optimizer wrapper on
     the raw loss it is handed; this one composes with the schedule callbacks.
