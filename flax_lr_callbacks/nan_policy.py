@@ -31,8 +31,8 @@ import numpy as np
 
 from flax_lr_callbacks.validation import check_choice
 
-__all__ = ["NAN_POLICIES", "NonFinite", "NonFiniteLossError", "check_policy", "guard",
-           "initial", "step_is_finite"]
+__all__ = ["NAN_POLICIES", "NonFinite", "NonFiniteLossError", "check_policy", "error",
+           "guard", "initial", "skipped_message", "step_is_finite", "train_means"]
 
 NAN_POLICIES = ("stop", "skip", "ignore")
 SKIPPED_KEY = "train/skipped_steps"
@@ -119,3 +119,21 @@ def error(trainer: Any, first_step: int, history: dict[str, Any] | None = None
         "clip gradients, or pass Trainer(nan_policy='skip') to skip such steps",
         step=first_step, epoch=epoch, batch=batch,
         state=trainer.trainer_state.train_state)
+
+
+def train_means(history: dict[str, Any], policy: str) -> dict[str, float]:
+    """``train_loss`` and ``train_<metric>`` means over a log window; under ``"skip"`` over
+    the steps with a finite loss (NaN when there is none)."""
+    keys = ["loss"] + [k for k in history if k.startswith("train_")]
+    rows = np.isfinite(history["loss"]) if policy == "skip" else slice(None)
+    return {("train_loss" if k == "loss" else k):
+            float(history[k][rows].mean()) if np.size(history[k][rows]) else float("nan")
+            for k in keys}
+
+
+def skipped_message(skipped: int, step: int, history: dict[str, Any]) -> str:
+    """The one warning of a ``"skip"`` run, at the first log point that sees a skipped step."""
+    where = history["step"][~np.isfinite(history["loss"])]
+    return (f"nan_policy='skip': {skipped} non-finite step(s) skipped by step {step}"
+            + (f" (non-finite loss at steps {where[:5].tolist()})" if where.size else "")
+            + "; their updates were not applied. train/skipped_steps counts them")

@@ -336,31 +336,18 @@ class Trainer(CallbackHost):
         if self.nan_policy == "stop" and nonfinite.first_step >= 0:
             raise nan_lib.error(self, int(nonfinite.first_step), history)
         self.progress.window_start = end
-        train = self._train_means(history, int(nonfinite.count))
+        train = nan_lib.train_means(history, self.nan_policy)
+        if self.nan_policy == "skip":
+            skipped = int(nonfinite.count)
+            train[nan_lib.SKIPPED_KEY] = float(skipped)
+            if skipped and not self._warned_skipped:
+                self._warned_skipped = True
+                warnings.warn(nan_lib.skipped_message(skipped, end, history), RuntimeWarning,
+                              stacklevel=3)
         self.callback_metrics.update(train)
         if self.logger is not None:
             self.logger.log_metrics(train | {"epoch": self.current_epoch}, step=end - 1)
         self._call("on_log", history)
-
-    def _train_means(self, history: dict[str, Any], skipped: int) -> dict[str, float]:
-        """The window's ``train_*`` means; with ``nan_policy="skip"`` over finite steps only,
-        plus the run's ``train/skipped_steps`` (warned about once)."""
-        keys = ["loss"] + [k for k in history if k.startswith("train_")]
-        if self.nan_policy != "skip":
-            return {("train_loss" if k == "loss" else k): float(history[k].mean()) for k in keys}
-        finite = np.isfinite(history["loss"])
-        means = {("train_loss" if k == "loss" else k):
-                 float(history[k][finite].mean()) if finite.any() else math.nan for k in keys}
-        if skipped and not self._warned_skipped:
-            self._warned_skipped = True
-            where = history["step"][~finite]
-            warnings.warn(
-                f"nan_policy='skip': {skipped} non-finite step(s) skipped by step "
-                f"{self.global_step}" + (f" (non-finite loss at steps {where[:5].tolist()})"
-                                         if where.size else "")
-                + "; their updates were not applied. train/skipped_steps counts them",
-                RuntimeWarning, stacklevel=4)
-        return means | {nan_lib.SKIPPED_KEY: float(skipped)}
 
     def raise_if_nonfinite(self) -> None:
         """Raises `NonFiniteLossError` when ``nan_policy="stop"`` has stopped the run's
