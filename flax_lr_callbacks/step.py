@@ -123,16 +123,20 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
     rng = jax.random.fold_in(ts.key, ts.step) if loss.takes_rng else None
     (value, metrics), grads = jax.value_and_grad(bound(state, loss), has_aux=True)(
         state.params, batch, rng)
-    old_params = state.params
-    state = state.apply_gradients(grads=grads)
-    cb_states = observe(callbacks, step_context(ts), cb_states, value, metrics, grads,
-                        old_params, state.params)
+
+    def update(state, cb_states):
+        new = state.apply_gradients(grads=grads)
+        return new, observe(callbacks, step_context(ts), cb_states, value, metrics, grads,
+                            state.params, new.params)
+
     nonfinite = ts.nonfinite
-    if nan_policy != "ignore":
-        ok = nan_lib.step_is_finite(value, grads, hparams)
-        (state, cb_states), nonfinite = nan_lib.guard(
-            nan_policy, nonfinite, ts.step, ok, (state, cb_states),
-            (ts.train_state, ts.callback_states))
+    if nan_policy == "ignore":
+        state, cb_states = update(state, cb_states)
+    else:  # the update runs only when the step may be applied (no select over the state)
+        apply, nonfinite = nan_lib.decide(nan_policy, nonfinite, ts.step,
+                                          nan_lib.step_is_finite(value, grads, hparams))
+        state, cb_states = jax.lax.cond(apply, update, lambda *_: (
+            ts.train_state, ts.callback_states), state, cb_states)
     values = record(value, metrics, hparams)
     slot = ts.step % buffer_size
     buffer = {k: b.at[slot].set(values[k]) for k, b in ts.buffer.items()}
