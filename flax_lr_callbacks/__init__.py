@@ -7,6 +7,7 @@ from flax_lr_callbacks.checkpointing import CheckpointError
 from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
+from flax_lr_callbacks.callbacks.early_stopping import EarlyStopping
 from flax_lr_callbacks.callbacks.base import Observation
 from flax_lr_callbacks.callbacks.grad_norm_guard import GradNormGuard
 from flax_lr_callbacks.callbacks.smoothed_plateau import SmoothedPlateau
@@ -21,6 +22,7 @@ from flax_lr_callbacks.callbacks.schedule import LRSchedule
 from flax_lr_callbacks.data.fashion_mnist import load_fashion_mnist
 from flax_lr_callbacks.data.grain import ArrayDataset
 from flax_lr_callbacks.lr_callbacks import LRCallbacks
+from flax_lr_callbacks.nan_policy import NonFiniteLossError
 from flax_lr_callbacks.lr_callbacks import LRState
 from flax_lr_callbacks.lr_callbacks import apply_lr
 from flax_lr_callbacks.lr_callbacks import observe_lr
@@ -48,6 +50,7 @@ __all__ = [
     "CheckpointError",
     "CosineRestarts",
     "CyclicLR",
+    "EarlyStopping",
     "GradNormGuard",
     "LRFinder",
     "LRFinderResult",
@@ -59,6 +62,7 @@ __all__ = [
     "LoggerError",
     "ModelCheckpoint",
     "NNXTrainState",
+    "NonFiniteLossError",
     "Observation",
     "OneCycle",
     "ProgressBar",

@@ -114,7 +114,7 @@ def _saved_tree(trainer: Any) -> dict[str, Any]:
     return {**fields, "callbacks": states, "trainer": {
         "base_hparams": ts.base_hparams, "key": ts.key, "step": ts.step,
         "steps_per_epoch": ts.steps_per_epoch, "total_steps": ts.total_steps,
-        "buffer": ts.buffer}}
+        "buffer": ts.buffer, "nonfinite": ts.nonfinite}}
 
 
 def _from_saved_tree(trainer: Any, tree: dict[str, Any]) -> Any:
@@ -171,6 +171,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool,
     train step may donate its buffers right after this returns.
     """
     ocp = _ocp()
+    getattr(trainer, "raise_if_nonfinite", lambda: None)()  # never save a stopped run
     paths, leaves = _leaves(_saved_tree(trainer))
     meta = {
         "format": FORMAT,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.step import TrainerState
 
@@ -24,8 +25,10 @@ class CompiledSteps:
     """One trainer's jitted steps over `callbacks` (the list object is shared, not copied)."""
 
     def __init__(self, loss: step_lib.LossFn, callbacks: Sequence[Any], *, buffer_size: int,
-                 eval_fn: Callable[[Any, Any], dict[str, Any]] | None, placement: Any):
+                 eval_fn: Callable[[Any, Any], dict[str, Any]] | None, placement: Any,
+                 nan_policy: str = "stop"):
         self.loss, self.callbacks, self.buffer_size = loss, callbacks, buffer_size
+        self.nan_policy = nan_policy
         self.eval_fn, self.placement = eval_fn, placement
         self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
         self.num_fused_traces = 0
@@ -38,12 +41,12 @@ class CompiledSteps:
     def _step(self, ts: TrainerState, batch: Any) -> TrainerState:
         self.num_step_traces += 1  # Python side effect: runs only when tracing
         return step_lib.train_step(ts, batch, loss=self.loss, callbacks=self.callbacks,
-                                   buffer_size=self.buffer_size)
+                                   buffer_size=self.buffer_size, nan_policy=self.nan_policy)
 
     def _fused(self, ts: TrainerState, batches: Any) -> TrainerState:
         self.num_fused_traces += 1
         return step_lib.fused_steps(ts, batches, loss=self.loss, callbacks=self.callbacks,
-                                    buffer_size=self.buffer_size)
+                                    buffer_size=self.buffer_size, nan_policy=self.nan_policy)
 
     def _eval_batch(self, state: Any, batch: Any) -> dict[str, jax.Array]:
         return step_lib.eval_sums(state, batch, loss=self.loss, eval_fn=self.eval_fn)
@@ -63,6 +66,7 @@ class CompiledSteps:
             steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
             total_steps=jnp.asarray(total_steps, jnp.int32),
             buffer={},
+            nonfinite=nan_lib.initial(),
         )
         ts = ts._replace(buffer=self._empty_buffer(ts, first_batch))
         # Commit everything to one explicit placement. jit keys its cache on committedness

@@ -45,11 +45,15 @@ class RunPlan(NamedTuple):
       steps_per_epoch: batches per epoch.
       total_steps: steps the fit plans to run.
       max_epochs: planned epochs (0 when not known, e.g. in `preview` of a partial run).
+      validates: whether the fit runs validation (``val_*`` metrics appear at epoch ends):
+        True/False under `Trainer.fit`; None when not known (the drop-in `LRCallbacks`,
+        whose loop may or may not call ``validation_end``).
     """
 
     steps_per_epoch: int
     total_steps: int
     max_epochs: int = 0
+    validates: bool | None = None
 
 
 class StepContext(NamedTuple):

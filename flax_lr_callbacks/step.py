@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import hyperparams as hp_lib
+from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks.contract import Observation, StepContext, hparam_key
 from flax_lr_callbacks.rules import apply_rules, check_setters, observe_all, requested_norms
 
@@ -36,6 +37,7 @@ class TrainerState(NamedTuple):
     steps_per_epoch: jax.Array
     total_steps: jax.Array
     buffer: dict[str, jax.Array]  # ring buffer of per-step records, log_every_n_steps rows
+    nonfinite: Any = None  # nan_policy.NonFinite: first non-finite step and their count
 
 
 class LossFn:
@@ -106,8 +108,13 @@ def record(loss: Any, metrics: dict[str, Any], hparams: hp_lib.Hyperparams) -> d
 
 
 def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
-               callbacks: Sequence[Callback], buffer_size: int) -> TrainerState:
-    """One step: rules -> write hyperparameters -> gradient update -> record into the buffer."""
+               callbacks: Sequence[Callback], buffer_size: int,
+               nan_policy: str = "ignore") -> TrainerState:
+    """One step: rules -> write hyperparameters -> gradient update -> record into the buffer.
+
+    With `nan_policy` ``"stop"`` or ``"skip"`` (see `nan_policy`), a non-finite step's update
+    of the train and callback states is not applied, and ``ts.nonfinite`` counts it.
+    """
     hparams, cb_states = apply_rules(callbacks, step_context(ts), ts.base_hparams,
                                      ts.callback_states)
     state = ts.train_state
@@ -116,15 +123,25 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
     rng = jax.random.fold_in(ts.key, ts.step) if loss.takes_rng else None
     (value, metrics), grads = jax.value_and_grad(bound(state, loss), has_aux=True)(
         state.params, batch, rng)
-    old_params = state.params
-    state = state.apply_gradients(grads=grads)
-    cb_states = observe(callbacks, step_context(ts), cb_states, value, metrics, grads,
-                        old_params, state.params)
+
+    def update(state, cb_states):
+        new = state.apply_gradients(grads=grads)
+        return new, observe(callbacks, step_context(ts), cb_states, value, metrics, grads,
+                            state.params, new.params)
+
+    nonfinite = ts.nonfinite
+    if nan_policy == "ignore":
+        state, cb_states = update(state, cb_states)
+    else:  # the update runs only when the step may be applied (no select over the state)
+        apply, nonfinite = nan_lib.decide(nan_policy, nonfinite, ts.step,
+                                          nan_lib.step_is_finite(value, grads, hparams))
+        state, cb_states = jax.lax.cond(apply, update, lambda *_: (
+            ts.train_state, ts.callback_states), state, cb_states)
     values = record(value, metrics, hparams)
     slot = ts.step % buffer_size
     buffer = {k: b.at[slot].set(values[k]) for k, b in ts.buffer.items()}
     return ts._replace(train_state=state, callback_states=cb_states, step=ts.step + 1,
-                       buffer=buffer)
+                       buffer=buffer, nonfinite=nonfinite)
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -163,11 +180,12 @@ def observe(callbacks: Sequence[Callback], ctx: StepContext, states: tuple, loss
 
 
 def fused_steps(ts: TrainerState, batches: Any, *, loss: LossFn,
-                callbacks: Sequence[Callback], buffer_size: int) -> TrainerState:
+                callbacks: Sequence[Callback], buffer_size: int,
+                nan_policy: str = "ignore") -> TrainerState:
     """`train_step` over the leading axis of `batches` (K stacked batches) with `lax.scan`."""
     def body(ts, batch):
         return train_step(ts, batch, loss=loss, callbacks=callbacks,
-                          buffer_size=buffer_size), None
+                          buffer_size=buffer_size, nan_policy=nan_policy), None
 
     return jax.lax.scan(body, ts, batches)[0]
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.compiled import CompiledSteps
@@ -82,6 +83,14 @@ class Trainer(CallbackHost):
         says how many). `log_every_n_steps` must be a multiple of K. Batches left at an
         epoch's end (fewer than K) run through the single step, which compiles once too.
         On CPU, XLA runs convolutions inside `scan` much slower; keep K=1 for conv nets there.
+      nan_policy: what a step with a non-finite loss, gradient or applied hyperparameter does
+        (decided in-graph, see `flax_lr_callbacks.nan_policy`). ``"stop"`` (default): no
+        update from that step on, and the next log point raises `NonFiniteLossError` naming
+        the step, epoch and batch, with the last finite state as its ``.state``; nothing is
+        checkpointed after it. ``"skip"``: such updates are not applied and are counted
+        (``train/skipped_steps`` at log points, a warning at the first). ``"ignore"``: no
+        check. Lightning and Keras train on by default (Keras: `TerminateOnNaN` stops, but
+        keeps the NaN weights).
 
     Example:
       >>> trainer = Trainer(loss_fn, max_epochs=3, callbacks=[LRSchedule(sched)])  # doctest: +SKIP
@@ -104,8 +113,12 @@ class Trainer(CallbackHost):
         mesh: Any = "auto",
         data_axis: str = "data",
         steps_per_dispatch: int = 1,
+        nan_policy: Literal["stop", "skip", "ignore"] = "stop",
     ):
         self._loss = step_lib.LossFn(loss_fn)
+        nan_lib.check_policy(nan_policy)
+        self.nan_policy = nan_policy
+        self._warned_skipped = False
         if max_epochs is None and max_steps is None:
             raise ValueError("give max_epochs or max_steps (both are None)")
         for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps),
@@ -145,7 +158,8 @@ class Trainer(CallbackHost):
             parallel.default_mesh(data_axis) if isinstance(mesh, str) and mesh == "auto"
             else mesh, data_axis)
         self.steps = CompiledSteps(self._loss, self.callbacks, buffer_size=log_every_n_steps,
-                                   eval_fn=eval_fn, placement=self.placement)
+                                   eval_fn=eval_fn, placement=self.placement,
+                                   nan_policy=nan_policy)
         self._train_step, self._fused_step = self.steps.train, self.steps.fused
         self._eval_step = self.steps.eval
 
@@ -217,7 +231,8 @@ class Trainer(CallbackHost):
             self.max_steps / spe)
         total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
         source.check(total, epochs)
-        self._reset_host(RunPlan(spe, total, epochs))
+        self._reset_host(RunPlan(spe, total, epochs, validates=val_data is not None))
+        self._warned_skipped = False
         self.train_data, self.val_data = train_data, val_data
         self._index_hooks()
         first_batch = source.peek()
@@ -353,17 +368,35 @@ class Trainer(CallbackHost):
         start, end = self.progress.window_start, self.global_step
         if end <= start:
             return
-        buffer = jax.device_get(self.trainer_state.buffer)
+        # the NaN-policy counters come in the same transfer as the records
+        buffer, nonfinite = jax.device_get((self.trainer_state.buffer,
+                                            self.trainer_state.nonfinite))
         rows = np.arange(start, end) % self.log_every_n_steps
         history = {"step": np.arange(start, end)}
         history.update({k: np.asarray(v)[rows] for k, v in buffer.items()})
+        if self.nan_policy == "stop" and nonfinite.first_step >= 0:
+            raise nan_lib.error(self, int(nonfinite.first_step), history)
         self.progress.window_start = end
-        train = {"train_loss": float(history["loss"].mean())}
-        train.update({k: float(v.mean()) for k, v in history.items() if k.startswith("train_")})
+        train = nan_lib.train_means(history, self.nan_policy)
+        if self.nan_policy == "skip":
+            skipped = int(nonfinite.count)
+            train[nan_lib.SKIPPED_KEY] = float(skipped)
+            if skipped and not self._warned_skipped:
+                self._warned_skipped = True
+                warnings.warn(nan_lib.skipped_message(skipped, end, history), RuntimeWarning,
+                              stacklevel=3)
         self.callback_metrics.update(train)
         if self.logger is not None:
             self.logger.log_metrics(train | {"epoch": self.current_epoch}, step=end - 1)
         self._call("on_log", history)
+
+    def raise_if_nonfinite(self) -> None:
+        """Raises `NonFiniteLossError` when ``nan_policy="stop"`` has stopped the run's
+        updates (checkpoint writes call it: the save fetches the state anyway)."""
+        if self.nan_policy == "stop" and self.trainer_state is not None:
+            first = int(jax.device_get(self.trainer_state.nonfinite.first_step))
+            if first >= 0:
+                raise nan_lib.error(self, first)
 
     def lr_find(self, state: Any, train_data: Any, *, min_lr: float = 1e-7,
                 max_lr: float = 10.0, num_steps: int = 100,

@@ -36,8 +36,8 @@ CASES = [
      "max mode, abs 0.5: 1.4 and 2.3, 2.4 are not 0.5 above best"),
     (dict(mode="max", patience=0, factor=0.1, threshold=0.01), [0.5, 0.6, 0.6], [1, 1, 0.1],
      "max mode rel: 0.6 > 0.5*1.01 improves, the repeat does not"),
-    (dict(patience=1, factor=0.5), [1, NAN, NAN], [1, 1, 0.5],
-     "NaN is never better: counts as bad"),
+    (dict(patience=1, factor=0.5), [1, NAN, NAN, 2, 2], [1, 1, 1, 1, 0.5],
+     "NaN is skipped: neither better nor bad (issue 14)"),
     (dict(patience=1, factor=0.5, threshold=0, threshold_mode="abs"), [1, 1, 0.999, 0.999, 0.999],
      [1, 1, 1, 1, 0.5], "abs threshold 0: any decrease improves, equal values do not"),
 ]
@@ -148,17 +148,12 @@ def test_check_every_n_steps_on_train_metric(data, state):
     np.testing.assert_allclose(lr, [0.1] * 8 + [0.05] * 4, rtol=1e-6)
 
 
-def test_missing_metric_warns_once_or_raises(data, state):
-    """An absent monitor warns once with the available names; strict=True raises."""
+def test_missing_metric_raises_with_available_names(data, state):
+    """An absent monitor is a KeyError at the first check, listing the available names."""
     plateau = ReduceLROnPlateau(monitor="val_acc_typo", patience=0)
     trainer = Trainer(loss_fn, max_epochs=3, enable_progress_bar=False, callbacks=[plateau])
-    with pytest.warns(RuntimeWarning, match=r"'val_acc_typo'.*available metrics: \[.*'val_acc'"
-                      ) as record:
+    with pytest.raises(KeyError, match=r"'val_acc_typo'.*step 6.*available metrics: \[.*'val_acc'"):
         trainer.fit(state, *data)
-    assert len([w for w in record if "val_acc_typo" in str(w.message)]) == 1
-    strict = ReduceLROnPlateau(monitor="val_acc_typo", strict=True)
-    with pytest.raises(KeyError, match="val_acc_typo"):
-        Trainer(loss_fn, enable_progress_bar=False, callbacks=[strict]).fit(state, *data)
 
 
 def test_fresh_state_per_fit_and_state_dict_roundtrip(data, state):

@@ -177,7 +177,7 @@ def test_trainer_and_lrcallbacks_satisfy_the_host_contract(state):
         assert isinstance(host, HostContext)
         host.global_step = 7
         assert host.progress.global_step == 7 and isinstance(host.progress, Progress)
-    assert lrc.plan == (3, 6, 2)
+    assert lrc.plan == (3, 6, 2, None)  # validates: not known in a custom loop
     p = Progress(global_step=3, window_start=2, resuming=True)
     q = Progress()
     q.load(p.as_dict())

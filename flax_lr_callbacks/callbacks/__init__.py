@@ -5,6 +5,7 @@ from flax_lr_callbacks.callbacks.base import StepContext
 from flax_lr_callbacks.callbacks.composite import Sequential
 from flax_lr_callbacks.callbacks.composite import Warmup
 from flax_lr_callbacks.callbacks.cyclic import CyclicLR
+from flax_lr_callbacks.callbacks.early_stopping import EarlyStopping
 from flax_lr_callbacks.callbacks.grad_norm_guard import GradNormGuard
 from flax_lr_callbacks.callbacks.smoothed_plateau import SmoothedPlateau
 from flax_lr_callbacks.callbacks.one_cycle import OneCycle
@@ -19,6 +20,7 @@ __all__ = [
     "Callback",
     "CosineRestarts",
     "CyclicLR",
+    "EarlyStopping",
     "GradNormGuard",
     "LRFinder",
     "LRSchedule",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks.callbacks.clocks import write
+from flax_lr_callbacks.callbacks.monitor import (MonitoredCallback, check_check_on,
+                                                 check_monitor, improves, initial_best)
 from flax_lr_callbacks.validation import check_choice, check_number
-from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext, parse_hparam_key
+from flax_lr_callbacks.callbacks.base import RunPlan, StepContext, parse_hparam_key
 from flax_lr_callbacks.hyperparams import Hyperparams
 
 __all__ = ["ReduceLROnPlateau", "PlateauState"]
@@ -56,7 +57,7 @@ def scale_with_floor(callback: Any, hparams: Hyperparams, scale: jax.Array) -> H
         write(hparams, [g], callback.hyperparam, jnp.maximum(base * scale, floor))
     return hparams
 
-class ReduceLROnPlateau(Callback):
+class ReduceLROnPlateau(MonitoredCallback):
     """Multiplies the learning rate by `factor` when `monitor` stops improving.
 
     The decision follows PyTorch's `ReduceLROnPlateau` exactly: an evaluation improves if it
@@ -76,6 +77,8 @@ class ReduceLROnPlateau(Callback):
         metrics (a slightly *worse* negative loss counts as better) and never reduces.
       * `eps` compares the LR just applied (the last logged step) with the reduced one, as
         PyTorch does per group; once the floor is reached further reductions are skipped.
+      * A non-finite value (NaN, inf) is skipped with a warning; PyTorch counts it as a bad
+        epoch (and may reduce on it).
       * A single `scale` for all groups; `min_lr` is one float.
       * Each `fit` starts from a fresh state (a fit is a run; continue a run by resuming from
         a checkpoint). Keras resets on every `fit` call too, PyTorch keeps its object's state.
@@ -93,7 +96,11 @@ class ReduceLROnPlateau(Callback):
       check_on: ``"validation"`` (after each validation, default), ``"epoch"`` (each epoch end),
         or an int N (every N steps, at log points; use a train metric such as ``train_loss``).
       hyperparam: the hyperparameter to scale. Default ``"learning_rate"``.
-      strict: raise instead of warning once when `monitor` is missing.
+      strict: also raise when a ``val_*`` monitor is missing before the first validation
+        (by default that check is skipped). A monitor missing at any other check is always
+        a KeyError listing the available metrics, and a ``val_*`` monitor in a fit without
+        validation data is a ValueError at fit start (see `callbacks.monitor`). A non-finite
+        value is skipped with a warning, never counted as a bad evaluation.
 
     Example:
       >>> cb = ReduceLROnPlateau(patience=1, factor=0.5)
@@ -121,12 +128,10 @@ class ReduceLROnPlateau(Callback):
         strict: bool = False,
         groups: tuple[str, ...] | None = None,
     ):
+        check_monitor(monitor, mode)
         check_plateau_args(mode, factor, patience, threshold, threshold_mode, cooldown, min_lr)
         check_number("eps", eps, low=0)
-        if isinstance(check_on, bool) or not (check_on in ("validation", "epoch") or (
-                isinstance(check_on, int) and check_on >= 1)):
-            raise ValueError("check_on must be 'validation', 'epoch' or an int >= 1 (steps), "
-                             f"got check_on={check_on!r}")
+        check_check_on(check_on)
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
         self.threshold, self.threshold_mode = threshold, threshold_mode
         self.cooldown, self.min_lr, self.eps = cooldown, min_lr, eps
@@ -135,31 +140,31 @@ class ReduceLROnPlateau(Callback):
         self.scales = (hyperparam,)
         self.state = self.init()
         self.reductions: list[dict[str, float]] = []
-        self._warned = False
         self._last_lr: float | None = None
         self._next_check = 0
 
     # ------------------------------------------------------------------ the pure decision
     def init(self) -> PlateauState:
         """The state before any evaluation."""
-        return PlateauState(best=math.inf if self.mode == "min" else -math.inf, num_bad=0,
+        return PlateauState(best=initial_best(self.mode), num_bad=0,
                             cooldown_counter=0, scale=1.0, num_evals=0)
 
     def is_better(self, value: float, best: float) -> bool:
         """Whether `value` improves on `best` by more than the threshold (sign-safe)."""
-        if math.isinf(best):
-            return (value < best) if self.mode == "min" else (value > best)
-        margin = self.threshold * abs(best) if self.threshold_mode == "rel" else self.threshold
-        return value < best - margin if self.mode == "min" else value > best + margin
+        return improves(value, best, self.mode, self.threshold,
+                        relative=self.threshold_mode == "rel")
 
     def update(self, state: PlateauState, value: float,
                current_lr: float | None = None) -> tuple[PlateauState, bool]:
         """One evaluation of the metric: returns the new state and whether it reduced.
 
         `current_lr` (the LR just applied) enables the `eps` / `min_lr` skip: a reduction that
-        would change it by ``<= eps`` is not made.
+        would change it by ``<= eps`` is not made. A non-finite `value` changes nothing (it
+        is neither an improvement nor a bad evaluation).
         """
         value = float(value)
+        if not math.isfinite(value):
+            return state, False
         best, num_bad = state.best, state.num_bad
         if self.is_better(value, best):
             best, num_bad = value, 0
@@ -187,12 +192,11 @@ class ReduceLROnPlateau(Callback):
 
     # ------------------------------------------------------------------ host hooks
     def on_fit_start(self, trainer: Any, state: Any) -> None:
-        if getattr(trainer, "resuming", False):  # state_dict and device scale came from the checkpoint
-            self._warned = False
+        if getattr(trainer, "resuming", False):  # host and device state: from the checkpoint
+            self.check_can_appear(trainer)
             return
-        self.state, self.reductions, self._warned = self.init(), [], False
-        self._last_lr = None
-        self._next_check = self.check_on if isinstance(self.check_on, int) else 0
+        self.start_checks(trainer)
+        self.state, self.reductions, self._last_lr = self.init(), [], None
         trainer.update_callback_state(self, scale=self.state.scale)
 
     def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
@@ -202,30 +206,12 @@ class ReduceLROnPlateau(Callback):
                     self.groups is None or parsed[0] in self.groups):
                 self._last_lr = float(values[-1])
                 break
-        if isinstance(self.check_on, int) and trainer.global_step >= self._next_check:
-            self._next_check = trainer.global_step + self.check_on
-            self._check(trainer)
-
-    def on_validation_end(self, trainer: Any, state: Any) -> None:
-        if self.check_on == "validation":
-            self._check(trainer)
-
-    def on_train_epoch_end(self, trainer: Any, state: Any) -> None:
-        if self.check_on == "epoch":
-            self._check(trainer)
+        super().on_log(trainer, state, history)
 
     def _check(self, trainer: Any) -> None:
-        metrics = trainer.callback_metrics
-        if self.monitor not in metrics:
-            message = (f"ReduceLROnPlateau monitors {self.monitor!r}, which is not available; "
-                       f"available metrics: {sorted(metrics)}")
-            if self.strict:
-                raise KeyError(message)
-            if not self._warned:
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-                self._warned = True
+        value = self.read_monitor(trainer)
+        if value is None:
             return
-        value = metrics[self.monitor]
         self.state, reduced = self.update(self.state, value, self._last_lr)
         if reduced:
             trainer.update_callback_state(self, scale=self.state.scale)

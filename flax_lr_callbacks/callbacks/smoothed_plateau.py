@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+import warnings
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flax_lr_callbacks.callbacks.plateau import check_plateau_args, scale_with_floor
 from flax_lr_callbacks.validation import check_number
@@ -41,8 +43,11 @@ class SmoothedPlateau(Callback):
         num_bad  = 0 if improved else num_bad + 1           # not counted during cooldown
         if num_bad > patience: scale *= factor; cooldown starts; num_bad = 0
 
-    A non-finite value is skipped (neither good nor bad). It is a modifier: the applied LR is
-    ``max(base * scale, min(base, min_lr))`` for whatever schedule sets the base. The whole
+    A non-finite value is skipped (neither good nor bad, and it does not enter the EMA or
+    count towards cooldown); the host warns about it at the next log point (naming the value
+    and step, read from the records fetched there, so no extra transfer). It is a modifier:
+    the applied LR is ``max(base * scale, min(base, min_lr))`` for whatever schedule sets the
+    base. The whole
     decision state is device state, so it is checkpointed with the model and resumes exactly.
     optax's `contrib.reduce_on_plateau` also decides in-graph, but as an optimizer wrapper on
     the raw loss it is handed; this one composes with the schedule callbacks.
@@ -117,7 +122,7 @@ class SmoothedPlateau(Callback):
         improved = finite & jnp.where(jnp.isfinite(best), smoothed < best - margin, True)
         best = jnp.where(improved, smoothed, best)
         num_bad = jnp.where(improved, 0, state.num_bad + finite.astype(jnp.int32))
-        in_cooldown = state.cooldown_counter > 0
+        in_cooldown = finite & (state.cooldown_counter > 0)  # a skipped value is no step of it
         cooldown = jnp.where(in_cooldown, state.cooldown_counter - 1, state.cooldown_counter)
         num_bad = jnp.where(in_cooldown, 0, num_bad)
         reduce = num_bad > self.patience
@@ -127,6 +132,20 @@ class SmoothedPlateau(Callback):
             cooldown_counter=jnp.where(reduce, self.cooldown, cooldown).astype(jnp.int32),
             scale=jnp.where(reduce, state.scale * self.factor, state.scale),
             num_reductions=state.num_reductions + reduce.astype(jnp.int32))
+
+    def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
+        key = "loss" if self.monitor == "loss" else f"train_{self.monitor}"
+        values = history.get(key)
+        if values is None:
+            return
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = int(np.argmax(bad))
+            warnings.warn(
+                f"SmoothedPlateau ignores {bad.sum()} non-finite value(s) of {self.monitor!r} "
+                f"in steps {int(history['step'][0])}..{int(history['step'][-1])}, first "
+                f"{self.monitor}={values[first]} at step {int(history['step'][first])}",
+                RuntimeWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         return (f"SmoothedPlateau(monitor={self.monitor!r}, factor={self.factor}, "

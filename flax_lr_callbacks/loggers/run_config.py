@@ -61,6 +61,7 @@ def _effective(cb: Any) -> dict[str, Any]:
     """Values the fit settled that the constructor left open."""
     from flax_lr_callbacks.callbacks.peak import PeakFromFinder
     from flax_lr_callbacks.callbacks.lr_finder import LRFinder
+    from flax_lr_callbacks.callbacks.early_stopping import EarlyStopping
     from flax_lr_callbacks.callbacks.plateau import ReduceLROnPlateau
 
     out: dict[str, Any] = {}
@@ -73,6 +74,8 @@ def _effective(cb: Any) -> dict[str, Any]:
     if isinstance(cb, ReduceLROnPlateau):
         out["final_scale"] = float(cb.state.scale)
         out["num_reductions"] = len(cb.reductions)
+    if isinstance(cb, EarlyStopping):
+        out["stopped_epoch"] = cb.stopped_epoch
     return out
 
 
@@ -117,7 +120,7 @@ def _plan(trainer: Any) -> dict[str, Any]:
         "steps_per_epoch": trainer.steps_per_epoch,
         "log_every_n_steps": trainer.log_every_n_steps,
         "steps_per_dispatch": getattr(trainer, "steps_per_dispatch", 1), "seed": trainer.seed,
-    }
+    } | ({"nan_policy": trainer.nan_policy} if hasattr(trainer, "nan_policy") else {})
 
 
 def settings(trainer: Any, callbacks: Any) -> dict[str, int | float | str | bool]:
@@ -133,7 +136,7 @@ def run_config(trainer: Any) -> dict[str, int | float | str | bool]:
     """The HParams entry for `trainer`'s latest fit: flat ``{field: scalar}``.
 
     Fields: ``max_epochs``, ``total_steps``, ``steps_per_epoch``, ``log_every_n_steps``,
-    ``steps_per_dispatch``, ``seed``; ``optimizer/<name>`` (``optimizer/<group>/<name>`` with
+    ``steps_per_dispatch``, ``seed``, ``nan_policy``; ``optimizer/<name>`` (``optimizer/<group>/<name>`` with
     several groups) for each injected base value; ``learning_rate``, the effective peak LR;
     and ``<Callback>/<setting>`` for each callback (``<Callback>_1/...`` for a second one of a
     type, ``<Composite>/<Child>/...`` inside composites).
