@@ -199,7 +199,7 @@ class LRCallbacks(CallbackHost):
                 getattr(cb, "check_on", None), int)
             if needs_trainer:
                 raise TypeError(
-                    f"{cb!r} needs the Trainer's data, logger or per-step records and cannot "
+                    f"callbacks: {cb!r} needs the Trainer's data, logger or per-step records and cannot "
                     "run in a custom loop; see the LRCallbacks docstring for what to do instead")
         total = total_steps or max_epochs * steps_per_epoch
         # What callbacks read from "the trainer" in host hooks (`contract.HostContext`).

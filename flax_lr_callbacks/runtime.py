@@ -101,7 +101,11 @@ class CallbackHost:
     def init_rules(self, opt_state: Any) -> tuple[Any, tuple]:
         """Configures and checks the callbacks against `opt_state` for `plan`; returns the
         float32 base hyperparameters and the callbacks' initial device states."""
-        return step_lib.init_rule_state(self.callbacks, opt_state, self._plan)
+        from flax_lr_callbacks.preview import check_plan
+
+        base, states = step_lib.init_rule_state(self.callbacks, opt_state, self._plan)
+        check_plan(self.callbacks, base, states, self._plan)
+        return base, states
 
     def callback_state(self, callback: Any) -> Any:
         """The device state of `callback` (also one nested in a composite) in the running fit."""
