@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -13,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks.callbacks.peak import waiting_for_peak
-from flax_lr_callbacks.contract import RunPlan, StepContext
-from flax_lr_callbacks.rules import apply_rules
+from flax_lr_callbacks.contract import RunPlan
+from flax_lr_callbacks.plan_check import rule_values
 from flax_lr_callbacks.step import init_rule_state
 
 if TYPE_CHECKING:  # only for annotations: Callback.curve imports this module
     from flax_lr_callbacks.callbacks.base import Callback
 
-__all__ = ["preview", "planned_values", "check_plan"]
+__all__ = ["preview", "planned_values"]
 
 DEFAULT_BASE = {"learning_rate": 1.0, "momentum": 0.9}
 
@@ -59,55 +58,20 @@ def planned_values(callbacks: Sequence[Callback], total_steps: int, steps_per_ep
             cb._peak_from_finder = None
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _scan_rules(callbacks: tuple, base: Any, states: tuple, total_steps: int,
-                steps_per_epoch: int) -> Any:
-    """The rules' values at steps ``0..total_steps-1`` (one compile per callback list and
-    plan: a second fit with the same callbacks reuses it)."""
-    def body(states, step):
-        ctx = StepContext(step=step, epoch=step // steps_per_epoch,
-                          steps_per_epoch=jnp.int32(steps_per_epoch),
-                          total_steps=jnp.int32(total_steps))
-        values, states = apply_rules(callbacks, ctx, base, states)
-        return states, values
+def _callback_list(callbacks: Any) -> list[Any]:
+    """A list of callbacks from a list or one callback (checked by what preview calls)."""
+    def is_callback(x):
+        return all(hasattr(x, a) for a in ("configure", "init_state", "rule"))
 
-    return jax.lax.scan(body, states, jnp.arange(total_steps, dtype=jnp.int32))[1]
-
-
-# Checked over the plan at fit start (`check_plan`): non-finite or negative values are always
-# wrong, and these bounds are far past any working value.
-LIMITS = {"learning_rate": 1e3, "momentum": 1.0, "b1": 1.0, "b2": 1.0}
-
-
-def check_plan(callbacks: Sequence[Callback], base: Any, states: tuple, plan: RunPlan) -> None:
-    """Raises ValueError at the first planned step whose value of a scheduled hyperparameter
-    is non-finite, negative or past `LIMITS`, naming the callbacks that set it.
-
-    Runs the rules once over the whole plan, host side, before the first train step (plateau
-    and other host decisions only scale the planned values down, so they cannot make a good
-    plan bad). Callbacks still waiting for an LR finder are checked once it sets their peak.
-    """
-    if not plan.total_steps or waiting_for_peak(callbacks):
-        return
-    values = jax.device_get(_scan_rules(tuple(callbacks), base, states, plan.total_steps,
-                                        plan.steps_per_epoch))
-    for group, names in values.items():
-        for name, series in names.items():
-            series = np.asarray(series, np.float64)
-            limit = LIMITS.get(name, np.inf)
-            bad = ~np.isfinite(series) | (series < 0) | (series > limit)
-            if not bad.any():
-                continue
-            step = int(np.argmax(bad))
-            setters = [repr(c) for c in callbacks if name in getattr(c, "sets", ())]
-            allowed = f"finite, >= 0 and <= {limit:g}" if np.isfinite(limit) else \
-                "finite and >= 0"
-            raise ValueError(
-                f"{' and '.join(setters) or 'the callbacks'} plan {name}={float(series[step])!r} "
-                f"for group {group!r} at step {step} (epoch {step // plan.steps_per_epoch}) "
-                f"of this run's {plan.total_steps}; planned values must be {allowed}. Check "
-                "the schedule (preview() draws it); an optax schedule evaluated past its "
-                "end can give NaN (e.g. polynomial_schedule with a power below 1)")
+    if is_callback(callbacks):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of callbacks, got callbacks={callbacks!r}")
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not is_callback(cb) or isinstance(cb, type):
+            raise TypeError(f"callbacks[{i}] must be a Callback instance, got {cb!r}")
+    return callbacks
 
 
 def _planned(callbacks, total_steps, steps_per_epoch, hparams):
@@ -115,7 +79,7 @@ def _planned(callbacks, total_steps, steps_per_epoch, hparams):
     plan = RunPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                    max_epochs=-(-total_steps // steps_per_epoch))
     base, states = init_rule_state(callbacks, None, plan, base=base)
-    values = jax.device_get(_scan_rules(tuple(callbacks), base, states, total_steps,
+    values = jax.device_get(rule_values(tuple(callbacks), base, states, total_steps,
                                         steps_per_epoch))
     several = len(values) > 1
     return {(f"{n}/{g}" if several else n): np.asarray(v)
@@ -145,10 +109,9 @@ def preview(callbacks: Sequence[Callback], steps_per_epoch: int, max_epochs: int
       >>> curves["learning_rate"].shape
       (300,)
     """
-    from flax_lr_callbacks.runtime import arrange_callbacks
     from flax_lr_callbacks.validation import check_count
 
-    callbacks = arrange_callbacks(callbacks, progress_bar=False)
+    callbacks = _callback_list(callbacks)
     steps_per_epoch = check_count("steps_per_epoch", steps_per_epoch)
     max_epochs = check_count("max_epochs", max_epochs)
     max_steps = check_count("max_steps", max_steps, allow_none=True)
