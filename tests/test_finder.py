@@ -222,7 +222,7 @@ def test_lr_find_validation():
     """Bad range-test arguments are named."""
     trainer = Trainer(loss_fn, enable_progress_bar=False)
     for kwargs, match in [({"min_lr": 0}, r"min_lr must be in \(0, inf\], got min_lr=0"),
-                          ({"max_lr": 1e-8}, r"max_lr must be in \\(1e-07, inf\\]"),
+                          ({"max_lr": 1e-8}, r"max_lr must be in \(1e-07, inf\]"),
                           ({"num_steps": 1}, r"num_steps must be an int >= 2"),
                           ({"mode": "log"}, r"mode must be one of"),
                           ({"smoothing": 1.0}, r"smoothing must be in \[0, 1\)"),
