@@ -226,7 +226,7 @@ def test_lr_find_validation():
                           ({"num_steps": 1}, r"num_steps must be an int >= 2"),
                           ({"mode": "log"}, r"mode must be one of"),
                           ({"smoothing": 1.0}, r"smoothing must be in \[0, 1\)"),
-                          ({"diverge_threshold": 1.0}, r"diverge_threshold must be > 1"),
+                          ({"diverge_threshold": 1.0}, r"diverge_threshold must be in \(1, inf\]"),
                           ({"suggestion": "best"}, r"suggestion must be one of")]:
         with pytest.raises(ValueError, match=match):
             trainer.lr_find(make_state(), sweep_data(), **kwargs)
