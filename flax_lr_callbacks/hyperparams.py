@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flax_lr_callbacks.validation import check_names, check_number
+
 __all__ = [
     "Hyperparams",
     "DEFAULT_GROUP",
@@ -262,9 +264,17 @@ def injectable(
       >>> import optax
       >>> tx = injectable(optax.sgd, learning_rate=0.1, momentum=0.9)
     """
-    static = set(static_args)
+    if not callable(factory):
+        raise TypeError(f"factory must be an optax optimizer factory such as optax.sgd, got "
+                        f"factory={factory!r}")
+    static = set(check_names("static_args", static_args, allow_none=False)
+                 if static_args else ())
     values = {}
     for name, value in hparams.items():
+        if name in _SCHEDULABLE and not callable(value) and value is not None and (
+                np.ndim(value) == 0):
+            # a finite number >= 0: "0.1", -0.1 or nan would fail late, deep inside optax
+            value = check_number(name, value, low=0)
         if name in static or isinstance(value, bool) or value is None:
             static.add(name)
             values[name] = value

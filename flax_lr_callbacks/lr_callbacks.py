@@ -49,6 +49,7 @@ loop, ``nnx.split`` the model and optimizer once, `jax.jit` a pure step that doe
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -58,7 +59,7 @@ from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback, apply_rules
 from flax_lr_callbacks.contract import RunPlan
-from flax_lr_callbacks.runtime import CallbackHost
+from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
 from flax_lr_callbacks.validation import check_count
 
 __all__ = ["LRCallbacks", "LRState", "apply_lr", "observe_lr"]
@@ -102,6 +103,7 @@ def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
     when it does not (the new optimizer state was not written back, so the LR would silently
     stay fixed), the next host call of `LRCallbacks` raises a RuntimeError.
     """
+    _check_lr_state("apply", lr_state, opt_state)
     if lr_state.callbacks is None:
         raise TypeError("this LRState has no callbacks bound; build it with LRCallbacks.init")
     callbacks = lr_state.callbacks.items
@@ -127,10 +129,29 @@ def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
 def observe_lr(lr_state: LRState, loss: Any, *, metrics: dict[str, Any] | None = None,
                grads: Any = None, old_params: Any = None, new_params: Any = None) -> LRState:
     """`LRCallbacks.observe` as a pure function (see `apply_lr`)."""
+    _check_lr_state("observe", lr_state, loss)
     ctx = step_lib.step_context(lr_state._replace(step=lr_state.step - 1))
     states = step_lib.observe(lr_state.callbacks.items, ctx, lr_state.callback_states, loss,
                               metrics or {}, grads, old_params, new_params)
     return lr_state._replace(callback_states=states)
+
+
+def _check_lr_state(call: str, lr_state: Any, other: Any) -> None:
+    """Clear errors for the usual mix-ups of the drop-in's arguments."""
+    if isinstance(lr_state, LRState):
+        return
+    if isinstance(other, LRState):
+        order = "opt_state, lr_state" if call == "apply" else "lr_state, loss"
+        raise TypeError(f"LRCallbacks.{call}: the arguments are swapped; call "
+                        f"{call}({order})")
+    if isinstance(lr_state, tuple) and len(lr_state) == 2 and isinstance(lr_state[1], LRState):
+        raise TypeError(
+            f"LRCallbacks.{call} got the (opt_state, lr_state) pair that apply returns for an "
+            "optax state; unpack it: opt_state, lr_state = lrc.apply(opt_state, lr_state) "
+            "(only an nnx.Optimizer, updated in place, gets lr_state alone)")
+    raise TypeError(f"LRCallbacks.{call}: lr_state must be the LRState returned by "
+                    f"LRCallbacks.init(opt_state), got {type(lr_state).__name__}: "
+                    f"{lr_state!r:.80}")
 
 
 def _is_nnx_optimizer(x: Any) -> bool:
@@ -166,21 +187,19 @@ class LRCallbacks(CallbackHost):
         from flax_lr_callbacks.callbacks.lr_monitor import LearningRateMonitor
         from flax_lr_callbacks.callbacks.progress import ProgressBar
 
-        for name, value in (("steps_per_epoch", steps_per_epoch), ("max_epochs", max_epochs),
-                            ("total_steps", total_steps)):
-            check_count(name, value, allow_none=True)
+        steps_per_epoch = check_count("steps_per_epoch", steps_per_epoch)
+        max_epochs = check_count("max_epochs", max_epochs, allow_none=True)
+        total_steps = check_count("total_steps", total_steps, allow_none=True)
         if max_epochs is None and total_steps is None:
             raise ValueError("give max_epochs or total_steps (both are None)")
-        self.callbacks = list(callbacks)
+        self.callbacks = arrange_callbacks(callbacks, progress_bar=False)
         for cb in self.callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
             needs_trainer = isinstance(cb, (LRFinder, LearningRateMonitor, ProgressBar,
                                             ModelCheckpoint)) or isinstance(
                 getattr(cb, "check_on", None), int)
             if needs_trainer:
                 raise TypeError(
-                    f"{cb!r} needs the Trainer's data, logger or per-step records and cannot "
+                    f"callbacks: {cb!r} needs the Trainer's data, logger or per-step records and cannot "
                     "run in a custom loop; see the LRCallbacks docstring for what to do instead")
         total = total_steps or max_epochs * steps_per_epoch
         # What callbacks read from "the trainer" in host hooks (`contract.HostContext`).
@@ -248,11 +267,17 @@ class LRCallbacks(CallbackHost):
     # ------------------------------------------------------------------ host points
     def validation_end(self, lr_state: LRState, metrics: dict[str, Any]) -> LRState:
         """Hands validation metrics (e.g. ``{"val_loss": ...}``) to the callbacks."""
+        if not isinstance(metrics, dict):
+            raise TypeError(f"LRCallbacks.validation_end: metrics must be a dict such as "
+                            f"{{'val_loss': 0.3}}, got {metrics!r:.80}")
         self.callback_metrics.update({k: float(v) for k, v in metrics.items()})
         return self._host(lr_state, "on_validation_end")
 
     def epoch_end(self, lr_state: LRState, metrics: dict[str, Any] | None = None) -> LRState:
         """Ends the current epoch (epoch-end hooks) and starts the next one."""
+        if metrics is not None and not isinstance(metrics, dict):
+            raise TypeError(f"LRCallbacks.epoch_end: metrics must be a dict or None, got "
+                            f"{metrics!r:.80}")
         self.callback_metrics.update({k: float(v) for k, v in (metrics or {}).items()})
         lr_state = self._host(lr_state, "on_train_epoch_end")
         self.current_epoch += 1
@@ -274,6 +299,14 @@ class LRCallbacks(CallbackHost):
             cb.load_state_dict(saved)
 
     def _host(self, lr_state: LRState, *hooks: str) -> LRState:
+        call = "finish" if "teardown" in hooks else hooks[0].removeprefix("on_").replace(
+            "train_", "").replace("fit_start", "init")
+        _check_lr_state(call, lr_state, None)
+        if isinstance(lr_state.step, jax.core.Tracer):
+            raise RuntimeError(
+                f"LRCallbacks.{call} is a host call and was called inside jax.jit; call it "
+                "outside the jitted step (between steps, e.g. after each epoch). Inside the "
+                "step use apply (before the update) and observe (after it)")
         self.trainer_state = lr_state
         step, stale = jax.device_get((lr_state.step, lr_state.stale))  # one transfer
         if stale:
@@ -284,10 +317,25 @@ class LRCallbacks(CallbackHost):
                 "lrc.apply(state.opt_state, lr_state); state = state.replace("
                 "opt_state=opt_state)) and give the next step that state")
         self.global_step = int(step)  # the one sync of a host point
+        self._check_epochs(call)
         for hook in hooks:
             self.call_hook(hook, None)
         lr_state, self.trainer_state = self.trainer_state, None
         return lr_state
+
+    def _check_epochs(self, call: str) -> None:
+        """Warns once when the steps have run past the current epoch without `epoch_end`
+        (epoch-end callbacks, e.g. ``ReduceLROnPlateau(check_on="epoch")``, then never run)."""
+        behind = self.global_step > (self.current_epoch + 1) * self.steps_per_epoch
+        if behind and call != "epoch_end" and not getattr(self, "_warned_epochs", False):
+            self._warned_epochs = True
+            warnings.warn(
+                f"LRCallbacks.{call} at step {self.global_step} (epoch "
+                f"{self.global_step // self.steps_per_epoch} of {self.steps_per_epoch} steps "
+                f"each), but epoch_end() was called for {self.current_epoch} epochs; call "
+                "lr_state = lrc.epoch_end(lr_state, metrics) after every epoch, or epoch-end "
+                "callbacks (ReduceLROnPlateau(check_on='epoch'), epoch schedules' host hooks) "
+                "never run", RuntimeWarning, stacklevel=4)
 
     @staticmethod
     def _sharding(opt_state: Any) -> jax.sharding.Sharding | None:

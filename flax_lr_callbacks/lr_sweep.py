@@ -29,6 +29,7 @@ from flax_lr_callbacks import finder
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.data.source import DataSource
+from flax_lr_callbacks.validation import check_choice, check_count, check_number
 
 __all__ = ["run", "chunk_size"]
 
@@ -111,22 +112,15 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
 
 
 def validate_args(min_lr: float, max_lr: float, num_steps: int, mode: str, smoothing: float,
-                  diverge_threshold: float, suggestion: str) -> None:
-    """Raises ValueError naming the first bad range-test argument."""
-    for name, value in (("min_lr", min_lr), ("max_lr", max_lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {name}={value!r}")
-    if max_lr <= min_lr:
-        raise ValueError(f"max_lr must be > min_lr={min_lr}, got max_lr={max_lr}")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 2:
-        raise ValueError(f"num_steps must be an int >= 2, got num_steps={num_steps!r}")
-    if mode not in ("exponential", "linear"):
-        raise ValueError(f"mode must be one of ['exponential', 'linear'], got mode={mode!r}")
-    if not (isinstance(smoothing, (int, float)) and 0 <= smoothing < 1):
-        raise ValueError(f"smoothing must be in [0, 1), got smoothing={smoothing!r}")
-    if not (isinstance(diverge_threshold, (int, float)) and diverge_threshold > 1):
-        raise ValueError(f"diverge_threshold must be > 1, got diverge_threshold={diverge_threshold!r}")
-    if suggestion not in finder.SUGGESTIONS:
-        raise ValueError(f"suggestion must be one of {list(finder.SUGGESTIONS)}, "
-                         f"got suggestion={suggestion!r}")
+                  diverge_threshold: float, suggestion: str) -> dict[str, Any]:
+    """The range-test arguments checked (errors name the first bad one) and converted to
+    plain Python values, as keyword arguments of `run`."""
+    min_lr = check_number("min_lr", min_lr, low=0, low_open=True)
+    max_lr = check_number("max_lr", max_lr, low=min_lr, low_open=True)
+    return dict(min_lr=min_lr, max_lr=max_lr,
+                num_steps=check_count("num_steps", num_steps, low=2),
+                mode=check_choice("mode", mode, ("exponential", "linear")),
+                smoothing=check_number("smoothing", smoothing, low=0, high=1, high_open=True),
+                diverge_threshold=check_number("diverge_threshold", diverge_threshold, low=1,
+                                               low_open=True),
+                suggestion=check_choice("suggestion", suggestion, list(finder.SUGGESTIONS)))

@@ -38,6 +38,9 @@ class Placement:
     """Shardings of the carried state and of batches for one Trainer."""
 
     def __init__(self, mesh: Mesh | None, data_axis: str = "data"):
+        if mesh is not None and not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be 'auto', a jax.sharding.Mesh or None, got "
+                            f"mesh={mesh!r}")
         if mesh is not None and data_axis not in mesh.axis_names:
             raise ValueError(f"data_axis={data_axis!r} is not an axis of the mesh "
                              f"{mesh.axis_names}")

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks.callbacks.peak import waiting_for_peak
-from flax_lr_callbacks.contract import RunPlan, StepContext
-from flax_lr_callbacks.rules import apply_rules
+from flax_lr_callbacks.contract import RunPlan
+from flax_lr_callbacks.plan_check import rule_values
 from flax_lr_callbacks.step import init_rule_state
 
 if TYPE_CHECKING:  # only for annotations: Callback.curve imports this module
@@ -58,22 +58,29 @@ def planned_values(callbacks: Sequence[Callback], total_steps: int, steps_per_ep
             cb._peak_from_finder = None
 
 
+def _callback_list(callbacks: Any) -> list[Any]:
+    """A list of callbacks from a list or one callback (checked by what preview calls)."""
+    def is_callback(x):
+        return all(hasattr(x, a) for a in ("configure", "init_state", "rule"))
+
+    if is_callback(callbacks):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of callbacks, got callbacks={callbacks!r}")
+    callbacks = list(callbacks)
+    for i, cb in enumerate(callbacks):
+        if not is_callback(cb) or isinstance(cb, type):
+            raise TypeError(f"callbacks[{i}] must be a Callback instance, got {cb!r}")
+    return callbacks
+
+
 def _planned(callbacks, total_steps, steps_per_epoch, hparams):
     base = _base_hparams(hparams)
     plan = RunPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                    max_epochs=-(-total_steps // steps_per_epoch))
     base, states = init_rule_state(callbacks, None, plan, base=base)
-
-    def body(states, step):
-        ctx = StepContext(step=step, epoch=step // steps_per_epoch,
-                          steps_per_epoch=jnp.int32(steps_per_epoch),
-                          total_steps=jnp.int32(total_steps))
-        values, states = apply_rules(callbacks, ctx, base, states)
-        return states, values
-
-    _, values = jax.jit(lambda s: jax.lax.scan(body, s, jnp.arange(total_steps, dtype=jnp.int32)))(
-        states)
-    values = jax.device_get(values)
+    values = jax.device_get(rule_values(tuple(callbacks), base, states, total_steps,
+                                        steps_per_epoch))
     several = len(values) > 1
     return {(f"{n}/{g}" if several else n): np.asarray(v)
             for g, d in values.items() for n, v in d.items()}
@@ -102,6 +109,17 @@ def preview(callbacks: Sequence[Callback], steps_per_epoch: int, max_epochs: int
       >>> curves["learning_rate"].shape
       (300,)
     """
+    from flax_lr_callbacks.validation import check_count
+
+    callbacks = _callback_list(callbacks)
+    steps_per_epoch = check_count("steps_per_epoch", steps_per_epoch)
+    max_epochs = check_count("max_epochs", max_epochs)
+    max_steps = check_count("max_steps", max_steps, allow_none=True)
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path or None, got path={path!r}")
+    if hparams is not None and not isinstance(hparams, Mapping):
+        raise TypeError(f"hparams must be a mapping such as {{'learning_rate': 0.1}}, got "
+                        f"hparams={hparams!r}")
     total = steps_per_epoch * max_epochs
     if max_steps is not None:
         total = min(total, max_steps)

@@ -6,7 +6,8 @@ Each function returns a jit-able schedule of the Trainer's 0-based step (or epoc
 | system | how to express it |
 |---|---|
 | every optax schedule | ``LRSchedule(optax.<schedule>(...))`` directly |
-| `jax.example_libraries.optimizers` exponential_decay / polynomial_decay | identical optax schedules: ``optax.exponential_decay(step_size, decay_steps, decay_rate)``, ``optax.polynomial_schedule(step_size, final_step_size, power, decay_steps)`` |
+| `jax.example_libraries.optimizers` exponential_decay | the identical optax schedule: ``optax.exponential_decay(step_size, decay_steps, decay_rate)`` |
+| `jax.example_libraries.optimizers` polynomial_decay | `example_libraries_polynomial` (``optax.polynomial_schedule`` has the same formula but is NaN under jit at and after its last step when ``power < 1``: XLA makes ``count / decay_steps`` slightly above 1; a fit refuses such a plan) |
 | `jax.example_libraries` inverse_time_decay (staircase) / piecewise_constant | `example_libraries_inverse_time`, `example_libraries_piecewise_constant` |
 | MXNet `FactorScheduler`, `MultiFactorScheduler`, `PolyScheduler`, `CosineScheduler` (warmup linear/constant) | `mxnet_factor`, `mxnet_multifactor`, `mxnet_poly`, `mxnet_cosine` |
 | Flax guide's triangular schedule | `flax_triangular` (== `CyclicLR` with equal halves when the cycle length is even) |
@@ -31,6 +32,7 @@ from flax_lr_callbacks import schedules
 
 __all__ = [
     "example_libraries_inverse_time",
+    "example_libraries_polynomial",
     "example_libraries_piecewise_constant",
     "flax_triangular",
     "mxnet_factor",
@@ -59,6 +61,18 @@ def example_libraries_inverse_time(step_size: float, decay_steps: float, decay_r
     return lambda t: schedules.inverse_time_decay(
         t, init_value=step_size, decay_steps=decay_steps, decay_rate=decay_rate,
         staircase=staircase)
+
+
+def example_libraries_polynomial(step_size: float, decay_steps: int, final_step_size: float,
+                                 power: float = 1.0) -> Schedule:
+    """`optimizers.polynomial_decay`: ``(step_size - final) * (1 - t / decay_steps) ** power
+    + final`` for ``t <= decay_steps``, then ``final``. The base is clipped to [0, 1], so the
+    value stays finite for any `power` (see the module table on optax's version)."""
+    def schedule(t):
+        frac = jnp.clip(1.0 - _f(t) / decay_steps, 0.0, 1.0)
+        return (step_size - final_step_size) * frac ** power + final_step_size
+
+    return schedule
 
 
 def example_libraries_piecewise_constant(boundaries: Sequence[float],

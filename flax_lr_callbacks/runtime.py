@@ -28,10 +28,19 @@ def arrange_callbacks(callbacks: Sequence[Any], *, progress_bar: bool) -> list[C
     from flax_lr_callbacks.callbacks.checkpoint import ModelCheckpoint
     from flax_lr_callbacks.callbacks.progress import ProgressBar
 
+    if isinstance(callbacks, Callback):  # one callback, as Lightning accepts
+        callbacks = [callbacks]
+    if callbacks is None:
+        callbacks = []
+    if isinstance(callbacks, (str, bytes, dict)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of Callback instances (or one Callback), "
+                        f"got callbacks={callbacks!r}")
     callbacks = list(callbacks)
-    for cb in callbacks:
+    for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {cb!r}")
+            hint = (" (a class: instantiate it, e.g. OneCycle(0.1))"
+                    if isinstance(cb, type) and issubclass(cb, Callback) else "")
+            raise TypeError(f"callbacks[{i}] must be a Callback instance{hint}, got {cb!r}")
     if progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(ProgressBar())
     return ([c for c in callbacks if not isinstance(c, ModelCheckpoint)]
@@ -92,7 +101,11 @@ class CallbackHost:
     def init_rules(self, opt_state: Any) -> tuple[Any, tuple]:
         """Configures and checks the callbacks against `opt_state` for `plan`; returns the
         float32 base hyperparameters and the callbacks' initial device states."""
-        return step_lib.init_rule_state(self.callbacks, opt_state, self._plan)
+        from flax_lr_callbacks.plan_check import check_plan
+
+        base, states = step_lib.init_rule_state(self.callbacks, opt_state, self._plan)
+        check_plan(self.callbacks, base, states, self._plan)
+        return base, states
 
     def callback_state(self, callback: Any) -> Any:
         """The device state of `callback` (also one nested in a composite) in the running fit."""

@@ -54,11 +54,32 @@ class LossFn:
 
     def __call__(self, params: Any, batch: Any, rng: jax.Array | None):
         out = self.fn(params, batch, rng=rng) if self.takes_rng else self.fn(params, batch)
-        if isinstance(out, tuple):
-            if len(out) != 2 or not isinstance(out[1], dict):
-                raise TypeError("loss_fn must return loss or (loss, {name: scalar})")
-            return out
-        return out, {}
+        loss, metrics = out if isinstance(out, tuple) and len(out) == 2 else (out, {})
+        if isinstance(out, (list, tuple)) and not (isinstance(out, tuple) and len(out) == 2
+                                                   and isinstance(metrics, dict)):
+            raise TypeError(
+                f"loss_fn must return loss or the tuple (loss, {{name: scalar}}); "
+                f"{_name(self.fn)} returned a {type(out).__name__} of {len(out)} items "
+                f"({', '.join(type(x).__name__ for x in out)})")
+        _check_scalar(self.fn, "loss", loss)
+        for k, v in metrics.items():
+            _check_scalar(self.fn, f"metric {k!r}", v)
+        return loss, metrics
+
+
+def _name(fn: Any) -> str:
+    return f"loss_fn {getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _check_scalar(fn: Any, what: str, value: Any) -> None:
+    """Trace-time check (shapes only, no host sync) that a loss output is one number."""
+    shape = getattr(value, "shape", None)
+    if shape is None and not isinstance(value, (int, float)):
+        raise TypeError(f"{_name(fn)} returned a {type(value).__name__} as its {what}; "
+                        "it must be a scalar array")
+    if shape not in (None, ()):
+        raise ValueError(f"{_name(fn)} returned {what} of shape {tuple(shape)}; it must be a "
+                         "scalar (reduce it, e.g. with .mean())")
 
 
 def init_rule_state(callbacks: Sequence[Callback], opt_state: Any, plan: Any, *,

@@ -40,7 +40,8 @@ from flax_lr_callbacks.loggers.errors import LoggerError
 from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
 from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
 from flax_lr_callbacks.step import TrainerState
-from flax_lr_callbacks.validation import check_count
+from flax_lr_callbacks.validation import (check_bool, check_callable, check_count,
+                                          check_str)
 
 __all__ = ["Trainer", "TrainerState"]
 
@@ -121,11 +122,17 @@ class Trainer(CallbackHost):
         self._warned_skipped = False
         if max_epochs is None and max_steps is None:
             raise ValueError("give max_epochs or max_steps (both are None)")
-        for name, value in (("max_epochs", max_epochs), ("max_steps", max_steps),
-                            ("steps_per_epoch", steps_per_epoch),
-                            ("log_every_n_steps", log_every_n_steps),
-                            ("steps_per_dispatch", steps_per_dispatch)):
-            check_count(name, value, allow_none=True)
+        max_epochs, max_steps, steps_per_epoch = (
+            check_count(n, v, allow_none=True) for n, v in (
+                ("max_epochs", max_epochs), ("max_steps", max_steps),
+                ("steps_per_epoch", steps_per_epoch)))
+        log_every_n_steps = check_count("log_every_n_steps", log_every_n_steps)
+        steps_per_dispatch = check_count("steps_per_dispatch", steps_per_dispatch)
+        seed = check_count("seed", seed, low=0)
+        eval_fn = check_callable("eval_fn", eval_fn, allow_none=True,
+                                 hint=" (params, batch) -> {name: scalar}")
+        enable_progress_bar = check_bool("enable_progress_bar", enable_progress_bar)
+        data_axis = check_str("data_axis", data_axis)
         if log_every_n_steps % steps_per_dispatch:
             raise ValueError(
                 f"log_every_n_steps={log_every_n_steps} must be a multiple of "
@@ -432,13 +439,11 @@ class Trainer(CallbackHost):
         """
         from flax_lr_callbacks import lr_sweep
 
-        lr_sweep.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
-                               diverge_threshold, suggestion)
-        result = lr_sweep.run(
-            self, state, train_data, min_lr=min_lr, max_lr=max_lr, num_steps=num_steps,
-            mode=mode, smoothing=smoothing, diverge_threshold=diverge_threshold,
-            suggestion=suggestion,
-            progress=self.enable_progress_bar if progress is None else progress)
+        args = lr_sweep.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
+                                      diverge_threshold, suggestion)
+        progress = check_bool("progress", progress) if progress is not None else None
+        result = lr_sweep.run(self, state, train_data, **args,
+                              progress=self.enable_progress_bar if progress is None else progress)
         if self.logger is not None:
             if result.suggestion is not None:
                 self.logger.log_metrics({"lr_finder/suggestion": result.suggestion}, step=0)

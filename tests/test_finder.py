@@ -221,12 +221,12 @@ def test_lr_find_mid_training_and_several_groups(data):
 def test_lr_find_validation():
     """Bad range-test arguments are named."""
     trainer = Trainer(loss_fn, enable_progress_bar=False)
-    for kwargs, match in [({"min_lr": 0}, r"min_lr must be a finite number > 0"),
-                          ({"max_lr": 1e-8}, r"max_lr must be > min_lr"),
+    for kwargs, match in [({"min_lr": 0}, r"min_lr must be in \(0, inf\], got min_lr=0"),
+                          ({"max_lr": 1e-8}, r"max_lr must be in \(1e-07, inf\]"),
                           ({"num_steps": 1}, r"num_steps must be an int >= 2"),
                           ({"mode": "log"}, r"mode must be one of"),
                           ({"smoothing": 1.0}, r"smoothing must be in \[0, 1\)"),
-                          ({"diverge_threshold": 1.0}, r"diverge_threshold must be > 1"),
+                          ({"diverge_threshold": 1.0}, r"diverge_threshold must be in \(1, inf\]"),
                           ({"suggestion": "best"}, r"suggestion must be one of")]:
         with pytest.raises(ValueError, match=match):
             trainer.lr_find(make_state(), sweep_data(), **kwargs)

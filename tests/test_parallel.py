@@ -120,7 +120,7 @@ def test_array_dataset_process_slices_make_the_global_batch():
                                       whole[b]["x"])
     with pytest.raises(ValueError, match="batch_size must be a multiple of it"):
         ArrayDataset(d, 10, process_count=4, process_index=0)
-    with pytest.raises(ValueError, match=r"process_index must be in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"process_index must be in \[0, process_count=2\)"):
         ArrayDataset(d, 16, process_count=2, process_index=2)
 
 

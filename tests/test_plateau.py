@@ -84,7 +84,6 @@ def test_update_is_pure():
     (dict(mode="minimum"), r"mode must be one of \['min', 'max'\]"),
     (dict(threshold=-0.1), r"threshold must be in \[0, inf\]"),
     (dict(threshold_mode="relative"), r"threshold_mode must be one of \['rel', 'abs'\]"),
-    (dict(cooldown=1.5), r"cooldown must be an int"),
     (dict(min_lr=-1), r"min_lr must be in \[0, inf\]"),
     (dict(eps=-1), r"eps must be in \[0, inf\]"),
     (dict(check_on="step"), r"check_on must be 'validation', 'epoch' or an int >= 1"),

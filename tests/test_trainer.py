@@ -144,7 +144,7 @@ def test_optimizer_without_injection_is_refused(data):
     ({"max_steps": -1}, r"max_steps must be an int >= 1, got max_steps=-1"),
     ({"log_every_n_steps": 0}, r"log_every_n_steps must be an int >= 1"),
     ({"max_epochs": None}, r"give max_epochs or max_steps"),
-    ({"callbacks": [object()]}, r"callbacks must be Callback instances"),
+    ({"callbacks": [object()]}, r"callbacks\[0\] must be a Callback instance"),
 ])
 def test_bad_arguments(kwargs, match):
     """Each bad constructor argument is named in the error."""

@@ -10,19 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from flax_lr_callbacks import checkpoint_lock, checkpointing
-from flax_lr_callbacks.validation import check_choice
+from flax_lr_callbacks.validation import check_bool, check_choice, check_count, check_str
 from flax_lr_callbacks.callbacks.base import Callback
 
 __all__ = ["ModelCheckpoint"]
 
 log = logging.getLogger("flax_lr_callbacks")
-
-
-def _check_every(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                              or value < 1):
-        raise ValueError(f"{name} must be None or an int >= 1, got {name}={value!r}")
 
 
 class ModelCheckpoint(Callback):
@@ -95,11 +90,19 @@ class ModelCheckpoint(Callback):
                  every_n_epochs: int | None = 1, save_top_k: int = 1,
                  monitor: str | None = None, mode: Literal["min", "max"] = "min",
                  save_last: bool = True, async_save: bool = True):
-        _check_every("every_n_steps", every_n_steps)
-        _check_every("every_n_epochs", every_n_epochs)
-        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
-            raise ValueError(f"save_top_k must be an int >= -1 (-1: keep all), got "
-                             f"save_top_k={save_top_k!r}")
+        every_n_steps = check_count("every_n_steps", every_n_steps, allow_none=True)
+        every_n_epochs = check_count("every_n_epochs", every_n_epochs, allow_none=True)
+        save_top_k = check_count("save_top_k", save_top_k, low=-1)
+        save_last, async_save = check_bool("save_last", save_last), check_bool(
+            "async_save", async_save)
+        monitor = check_str("monitor", monitor, allow_none=True)
+        if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+            raise TypeError(f"directory must be a path (str or os.PathLike), got "
+                            f"directory={directory!r}")
+        if every_n_steps is None and every_n_epochs is None and not save_last:
+            raise ValueError("ModelCheckpoint(every_n_steps=None, every_n_epochs=None, "
+                             "save_last=False) would never save; give every_n_steps or "
+                             "every_n_epochs, or save_last=True")
         if save_top_k == 0 and not save_last:
             raise ValueError("save_top_k=0 with save_last=False would keep no checkpoint; "
                              "drop the ModelCheckpoint instead")

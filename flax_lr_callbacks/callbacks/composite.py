@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks.callbacks.clocks import UNITS, clock, shift_context, to_steps, write
-from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.validation import check_choice, check_number, check_str
 from flax_lr_callbacks.callbacks.base import HOST_HOOKS, Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -117,14 +117,22 @@ class Warmup(Composite):
                  unit: Literal["step", "epoch"] = "step", hyperparam: str = "learning_rate"):
         if not isinstance(schedule, Callback) or not schedule.has_rule:
             raise TypeError(f"schedule must be a schedule callback, got {schedule!r}")
-        check_number("warmup_steps", warmup_steps, low=1, integer=True)
-        check_number("start_value", start_value, low=0)
+        warmup_steps = check_number("warmup_steps", warmup_steps, low=1, integer=True)
+        start_value = check_number("start_value", start_value, low=0)
         check_choice("unit", unit, UNITS)
         self.children = (schedule,)
         self.warmup_steps, self.start_value = warmup_steps, start_value
-        self.unit, self.hyperparam = unit, hyperparam
+        self.unit, self.hyperparam = unit, check_str("hyperparam", hyperparam)
         self.sets = tuple(schedule.sets)
         self.groups = schedule.groups
+
+    def configure(self, hparams: Hyperparams) -> None:
+        super().configure(hparams)
+        if not any(self.hyperparam in names for names in hparams.values()):
+            available = sorted({n for names in hparams.values() for n in names})
+            raise ValueError(
+                f"Warmup(hyperparam={self.hyperparam!r}): the optimizer injects no such "
+                f"hyperparameter; it injects {available}")
 
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> WarmupState:
         warm = self.warmup_steps * (1 if self.unit == "step" else plan.steps_per_epoch)

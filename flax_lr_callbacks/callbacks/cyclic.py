@@ -12,7 +12,7 @@ from flax_lr_callbacks import schedules
 from flax_lr_callbacks.callbacks.clocks import UNITS, clock, write
 from flax_lr_callbacks.callbacks.momentum import MomentumCycling
 from flax_lr_callbacks.callbacks.peak import PeakFromFinder
-from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.validation import check_bool, check_callable, check_names, check_choice, check_number
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -83,27 +83,28 @@ class CyclicLR(MomentumCycling, PeakFromFinder, Callback):
         unit: Literal["step", "epoch"] = "step",
         groups: tuple[str, ...] | None = None,
     ):
-        check_number("base_lr", base_lr, low=0)
-        check_number("max_lr", max_lr, low=base_lr, low_open=True, allow_none=True)
-        check_number("step_size_up", step_size_up, low=1, integer=True)
-        check_number("step_size_down", step_size_down, low=1, integer=True, allow_none=True)
+        base_lr = check_number("base_lr", base_lr, low=0)
+        max_lr = check_number("max_lr", max_lr, low=base_lr, low_open=True, allow_none=True)
+        step_size_up = check_number("step_size_up", step_size_up, low=1, integer=True)
+        step_size_down = check_number("step_size_down", step_size_down, low=1, integer=True, allow_none=True)
         check_choice("mode", mode, MODES)
-        check_number("gamma", gamma, low=0, high=1, low_open=True)
+        gamma = check_number("gamma", gamma, low=0, high=1, low_open=True)
         if scale_fn is not None and not callable(scale_fn):
             raise TypeError(f"scale_fn must be callable, got {scale_fn!r}")
         check_choice("scale_mode", scale_mode, ("cycle", "iterations"))
-        check_number("max_momentum", max_momentum, low=0, high=1, high_open=True)
-        check_number("base_momentum", base_momentum, low=0, high=max_momentum)
+        max_momentum = check_number("max_momentum", max_momentum, low=0, high=1, high_open=True)
+        base_momentum = check_number("base_momentum", base_momentum, low=0, high=max_momentum)
         check_choice("unit", unit, UNITS)
         self.base_lr, self.max_lr = base_lr, max_lr
         self.step_size_up = step_size_up
         self.step_size_down = step_size_down if step_size_down is not None else step_size_up
         self.mode, self.gamma = mode, gamma
-        self.scale_fn, self.scale_mode = scale_fn, scale_mode
-        self.cycle_momentum = cycle_momentum
+        self.scale_fn = check_callable("scale_fn", scale_fn, allow_none=True)
+        self.scale_mode = scale_mode
+        self.cycle_momentum = check_bool("cycle_momentum", cycle_momentum)
         self.base_momentum, self.max_momentum = base_momentum, max_momentum
         self.unit = unit
-        self.groups = None if groups is None else tuple(groups)
+        self.groups = check_names("groups", groups)
         self.sets = ("learning_rate",)
 
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> CyclicState:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks.callbacks.clocks import write
-from flax_lr_callbacks.validation import check_number
+from flax_lr_callbacks.validation import check_names, check_str, check_number
 from flax_lr_callbacks.callbacks.base import Callback, Observation, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -65,16 +65,17 @@ class GradNormGuard(Callback):
     def __init__(self, threshold: float = 3.0, factor: float = 0.5, recovery_steps: int = 20,
                  warmup_steps: int = 10, *, beta: float = 0.9, min_scale: float = 1e-3,
                  hyperparam: str = "learning_rate", groups: tuple[str, ...] | None = None):
-        check_number("threshold", threshold, low=1, low_open=True)
-        check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
-        check_number("recovery_steps", recovery_steps, low=1, integer=True)
-        check_number("warmup_steps", warmup_steps, low=1, integer=True)
-        check_number("beta", beta, low=0, high=1, high_open=True)
-        check_number("min_scale", min_scale, low=0, high=1, low_open=True)
+        threshold = check_number("threshold", threshold, low=1, low_open=True)
+        factor = check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
+        recovery_steps = check_number("recovery_steps", recovery_steps, low=1, integer=True)
+        warmup_steps = check_number("warmup_steps", warmup_steps, low=1, integer=True)
+        beta = check_number("beta", beta, low=0, high=1, high_open=True)
+        min_scale = check_number("min_scale", min_scale, low=0, high=1, low_open=True)
         self.threshold, self.factor = threshold, factor
         self.recovery_steps, self.warmup_steps = recovery_steps, warmup_steps
-        self.beta, self.min_scale, self.hyperparam = beta, min_scale, hyperparam
-        self.groups = None if groups is None else tuple(groups)
+        self.beta, self.min_scale = beta, min_scale
+        self.hyperparam = check_str("hyperparam", hyperparam)
+        self.groups = check_names("groups", groups)
         self.scales = (hyperparam,)
 
     def init_state(self, plan: RunPlan | None, hparams: Hyperparams) -> GradNormGuardState:

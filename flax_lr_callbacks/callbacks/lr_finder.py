@@ -56,12 +56,12 @@ class LRFinder(Callback):
                  plot_path: str | os.PathLike | None = "auto"):
         from flax_lr_callbacks.lr_sweep import validate_args
 
-        validate_args(min_lr, max_lr, num_steps, mode, smoothing, diverge_threshold, suggestion)
+        self.kwargs = validate_args(min_lr, max_lr, num_steps, mode, smoothing,
+                                    diverge_threshold, suggestion)
         if apply_to is not None and not hasattr(apply_to, "set_peak"):
             raise TypeError(f"apply_to must take a peak (have set_peak), got {apply_to!r}")
-        self.kwargs = dict(min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode,
-                           smoothing=smoothing, diverge_threshold=diverge_threshold,
-                           suggestion=suggestion)
+        if plot_path is not None and not isinstance(plot_path, (str, os.PathLike)):
+            raise TypeError(f"plot_path must be a path, 'auto' or None, got {plot_path=!r}")
         self.apply_to = apply_to
         self.plot_path = plot_path
         self.result: LRFinderResult | None = None
@@ -98,6 +98,10 @@ class LRFinder(Callback):
             return
         if target is not None:
             target.set_peak(trainer, lr)
+            from flax_lr_callbacks.plan_check import check_plan
+
+            ts = trainer.trainer_state  # the schedule's plan is known now: check it
+            check_plan(trainer.callbacks, ts.base_hparams, ts.callback_states, trainer.plan)
         else:
             trainer.set_base_hyperparam("learning_rate", lr)
         self.applied_lr = lr

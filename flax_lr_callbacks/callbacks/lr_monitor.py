@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 
 from flax_lr_callbacks.callbacks.base import Callback, hparam_key, parse_hparam_key
+from flax_lr_callbacks.validation import check_bool
 
 __all__ = ["LearningRateMonitor"]
 
@@ -49,8 +50,8 @@ class LearningRateMonitor(Callback):
                 f"logging_interval must be one of ['step', 'epoch'], got {logging_interval=}"
             )
         self.logging_interval = logging_interval
-        self.log_momentum = log_momentum
-        self.log_weight_decay = log_weight_decay
+        self.log_momentum = check_bool("log_momentum", log_momentum)
+        self.log_weight_decay = check_bool("log_weight_decay", log_weight_decay)
         self.history: dict[str, tuple[list[int], list[float]]] = {}
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:

@@ -11,7 +11,7 @@ from flax_lr_callbacks import schedules
 from flax_lr_callbacks.callbacks.clocks import UNITS, clock, horizon, write
 from flax_lr_callbacks.callbacks.momentum import MomentumCycling
 from flax_lr_callbacks.callbacks.peak import PeakFromFinder
-from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.validation import check_bool, check_names, check_choice, check_number
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -85,14 +85,14 @@ class OneCycle(MomentumCycling, PeakFromFinder, Callback):
         unit: Literal["step", "epoch"] = "step",
         groups: tuple[str, ...] | None = None,
     ):
-        check_number("max_lr", max_lr, low=0, low_open=True, allow_none=True)
-        check_number("total_steps", total_steps, low=2, integer=True, allow_none=True)
-        check_number("pct_start", pct_start, low=0, high=1, low_open=True, high_open=True)
+        max_lr = check_number("max_lr", max_lr, low=0, low_open=True, allow_none=True)
+        total_steps = check_number("total_steps", total_steps, low=2, integer=True, allow_none=True)
+        pct_start = check_number("pct_start", pct_start, low=0, high=1, low_open=True, high_open=True)
         check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
-        check_number("div_factor", div_factor, low=0, low_open=True)
-        check_number("final_div_factor", final_div_factor, low=0, low_open=True)
-        check_number("max_momentum", max_momentum, low=0, high=1, high_open=True)
-        check_number("base_momentum", base_momentum, low=0, high=max_momentum)
+        div_factor = check_number("div_factor", div_factor, low=0, low_open=True)
+        final_div_factor = check_number("final_div_factor", final_div_factor, low=0, low_open=True)
+        max_momentum = check_number("max_momentum", max_momentum, low=0, high=1, high_open=True)
+        base_momentum = check_number("base_momentum", base_momentum, low=0, high=max_momentum)
         check_choice("unit", unit, UNITS)
         self.max_lr = max_lr
         self.total_steps = total_steps
@@ -100,12 +100,12 @@ class OneCycle(MomentumCycling, PeakFromFinder, Callback):
         self.anneal_strategy = anneal_strategy
         self.div_factor = div_factor
         self.final_div_factor = final_div_factor
-        self.three_phase = three_phase
-        self.cycle_momentum = cycle_momentum
+        self.three_phase = check_bool("three_phase", three_phase)
+        self.cycle_momentum = check_bool("cycle_momentum", cycle_momentum)
         self.base_momentum = base_momentum
         self.max_momentum = max_momentum
         self.unit = unit
-        self.groups = None if groups is None else tuple(groups)
+        self.groups = check_names("groups", groups)
         self.sets = ("learning_rate",)
 
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> OneCycleState:

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax_lr_callbacks.callbacks.clocks import write
 from flax_lr_callbacks.callbacks.monitor import (MonitoredCallback, check_check_on,
                                                  check_monitor, improves, initial_best)
-from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.validation import (as_scalar, check_bool, check_choice, check_names,
+                                          check_number, check_str)
 from flax_lr_callbacks.callbacks.base import RunPlan, StepContext, parse_hparam_key
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -37,15 +38,17 @@ class ScaleState(NamedTuple):
 
 
 def check_plateau_args(mode: str, factor: float, patience: int, threshold: float,
-                       threshold_mode: str, cooldown: int, min_lr: float) -> None:
-    """The arguments every plateau rule shares (`ReduceLROnPlateau`, `SmoothedPlateau`)."""
+                       threshold_mode: str, cooldown: int, min_lr: float) -> tuple:
+    """The arguments every plateau rule shares (`ReduceLROnPlateau`, `SmoothedPlateau`),
+    checked and returned in plain Python form, in the order given."""
     check_choice("mode", mode, ("min", "max"))
-    check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
-    check_number("patience", patience, low=0, integer=True)
-    check_number("threshold", threshold, low=0)
+    factor = check_number("factor", factor, low=0, high=1, low_open=True, high_open=True)
+    patience = check_number("patience", patience, low=0, integer=True)
+    threshold = check_number("threshold", threshold, low=0)
     check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
-    check_number("cooldown", cooldown, low=0, integer=True)
-    check_number("min_lr", min_lr, low=0)
+    cooldown = check_number("cooldown", cooldown, low=0, integer=True)
+    min_lr = check_number("min_lr", min_lr, low=0)
+    return mode, factor, patience, threshold, threshold_mode, cooldown, min_lr
 
 
 def scale_with_floor(callback: Any, hparams: Hyperparams, scale: jax.Array) -> Hyperparams:
@@ -129,14 +132,18 @@ class ReduceLROnPlateau(MonitoredCallback):
         groups: tuple[str, ...] | None = None,
     ):
         check_monitor(monitor, mode)
-        check_plateau_args(mode, factor, patience, threshold, threshold_mode, cooldown, min_lr)
-        check_number("eps", eps, low=0)
+        mode, factor, patience, threshold, threshold_mode, cooldown, min_lr = check_plateau_args(
+            mode, factor, patience, threshold, threshold_mode, cooldown, min_lr)
+        hyperparam = check_str("hyperparam", hyperparam)
+        eps = check_number("eps", eps, low=0)
+        check_on = as_scalar(check_on)
         check_check_on(check_on)
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
         self.threshold, self.threshold_mode = threshold, threshold_mode
         self.cooldown, self.min_lr, self.eps = cooldown, min_lr, eps
-        self.check_on, self.hyperparam, self.strict = check_on, hyperparam, strict
-        self.groups = None if groups is None else tuple(groups)
+        self.check_on, self.hyperparam = check_on, hyperparam
+        self.strict = check_bool("strict", strict)
+        self.groups = check_names("groups", groups)
         self.scales = (hyperparam,)
         self.state = self.init()
         self.reductions: list[dict[str, float]] = []

@@ -7,6 +7,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from flax_lr_callbacks.callbacks.base import Callback, parse_hparam_key
+from flax_lr_callbacks.validation import check_bool
 
 __all__ = ["ProgressBar"]
 
@@ -22,7 +23,7 @@ class ProgressBar(Callback):
     """
 
     def __init__(self, *, leave: bool = True):
-        self.leave = leave
+        self.leave = check_bool("leave", leave)
         self._bar = None
         self._postfix: dict[str, str] = {}
 

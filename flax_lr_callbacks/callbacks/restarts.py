@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax_lr_callbacks import schedules
 from flax_lr_callbacks.callbacks.clocks import UNITS, clock, write
 from flax_lr_callbacks.callbacks.peak import PeakFromFinder
-from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.validation import check_names, check_choice, check_number
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -83,19 +83,19 @@ class CosineRestarts(PeakFromFinder, Callback):
         unit: Literal["step", "epoch"] = "step",
         groups: tuple[str, ...] | None = None,
     ):
-        check_number("t_0", t_0, low=1, integer=True)
-        check_number("t_mult", t_mult, low=1)
-        check_number("eta_min", eta_min, low=0)
-        check_number("peak_decay", peak_decay, low=0, high=1, low_open=True)
-        check_number("max_cycles", max_cycles, low=1, integer=True, allow_none=True)
-        check_number("warmup_steps", warmup_steps, low=0, integer=True)
-        check_number("base_lr", base_lr, low=eta_min, low_open=True, allow_none=True)
+        t_0 = check_number("t_0", t_0, low=1, integer=True)
+        t_mult = check_number("t_mult", t_mult, low=1)
+        eta_min = check_number("eta_min", eta_min, low=0)
+        peak_decay = check_number("peak_decay", peak_decay, low=0, high=1, low_open=True)
+        max_cycles = check_number("max_cycles", max_cycles, low=1, integer=True, allow_none=True)
+        warmup_steps = check_number("warmup_steps", warmup_steps, low=0, integer=True)
+        base_lr = check_number("base_lr", base_lr, low=eta_min, low_open=True, allow_none=True)
         check_choice("unit", unit, UNITS)
         self.t_0, self.t_mult, self.eta_min = t_0, t_mult, eta_min
         self.peak_decay, self.max_cycles, self.warmup_steps = peak_decay, max_cycles, warmup_steps
         self.base_lr = base_lr
         self.unit = unit
-        self.groups = None if groups is None else tuple(groups)
+        self.groups = check_names("groups", groups)
         self.sets = ("learning_rate",)
 
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> RestartsState:

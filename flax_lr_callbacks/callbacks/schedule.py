@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks.callbacks.clocks import UNITS, clock, horizon, write
-from flax_lr_callbacks.validation import check_choice, check_number
+from flax_lr_callbacks.validation import check_names, check_str, check_choice, check_number
 from flax_lr_callbacks.callbacks.base import Callback, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -63,9 +63,9 @@ class LRSchedule(Callback):
         check_choice("unit", unit, UNITS)
         self.schedule = schedule
         self.unit = unit
-        self.hyperparam = hyperparam
+        self.hyperparam = check_str("hyperparam", hyperparam)
         self.sets = (hyperparam,)
-        self.groups = None if groups is None else tuple(groups)
+        self.groups = check_names("groups", groups)
 
         self._peak_target: float | None = None
 

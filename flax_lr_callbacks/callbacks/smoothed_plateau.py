@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks.callbacks.plateau import check_plateau_args, scale_with_floor
-from flax_lr_callbacks.validation import check_number
+from flax_lr_callbacks.validation import check_names, check_str, check_number
 from flax_lr_callbacks.callbacks.base import Callback, Observation, RunPlan, StepContext
 from flax_lr_callbacks.hyperparams import Hyperparams
 
@@ -78,15 +78,17 @@ class SmoothedPlateau(Callback):
                  threshold_mode: Literal["rel", "abs"] = "rel", cooldown: int = 0,
                  min_lr: float = 0.0, *, beta: float = 0.98,
                  hyperparam: str = "learning_rate", groups: tuple[str, ...] | None = None):
-        check_plateau_args(mode, factor, patience, threshold, threshold_mode, cooldown, min_lr)
-        check_number("beta", beta, low=0, high=1, high_open=True)
+        mode, factor, patience, threshold, threshold_mode, cooldown, min_lr = check_plateau_args(
+            mode, factor, patience, threshold, threshold_mode, cooldown, min_lr)
+        monitor, hyperparam = check_str("monitor", monitor), check_str("hyperparam", hyperparam)
+        beta = check_number("beta", beta, low=0, high=1, high_open=True)
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be a str, got monitor={monitor!r}")
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, factor, patience
         self.threshold, self.threshold_mode = threshold, threshold_mode
         self.cooldown, self.min_lr, self.beta = cooldown, min_lr, beta
         self.hyperparam = hyperparam
-        self.groups = None if groups is None else tuple(groups)
+        self.groups = check_names("groups", groups)
         self.scales = (hyperparam,)
 
     def init_state(self, plan: RunPlan | None, hparams: Hyperparams) -> SmoothedPlateauState:

@@ -9,6 +9,8 @@ import grain
 import jax
 import numpy as np
 
+from flax_lr_callbacks.validation import check_bool, check_count
+
 __all__ = ["ArrayDataset", "as_batches"]
 
 
@@ -47,12 +49,16 @@ class ArrayDataset:
                  process_count: int | None = None):
         leaves = jax.tree_util.tree_leaves(arrays)
         if not leaves:
-            raise ValueError("arrays has no array leaves")
+            raise ValueError(f"arrays has no array leaves: arrays={arrays!r:.80}")
         sizes = {len(a) for a in leaves}
         if len(sizes) != 1:
             raise ValueError(f"arrays must share their first dimension, got sizes {sorted(sizes)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size=}")
+        batch_size = check_count("batch_size", batch_size)
+        shuffle, drop_remainder = check_bool("shuffle", shuffle), check_bool(
+            "drop_remainder", drop_remainder)
+        seed = check_count("seed", seed, low=0)
+        process_count = check_count("process_count", process_count, allow_none=True)
+        process_index = check_count("process_index", process_index, low=0, allow_none=True)
         self.arrays = jax.tree_util.tree_map(np.asarray, arrays)
         self.num_examples = sizes.pop()
         if drop_remainder and batch_size > self.num_examples:
@@ -63,8 +69,8 @@ class ArrayDataset:
         self.process_count = jax.process_count() if process_count is None else process_count
         self.process_index = jax.process_index() if process_index is None else process_index
         if not 0 <= self.process_index < self.process_count:
-            raise ValueError(f"process_index must be in [0, {self.process_count}), got "
-                             f"process_index={self.process_index}")
+            raise ValueError(f"process_index must be in [0, process_count={self.process_count})"
+                             f", got process_index={self.process_index}")
         if self.process_count > 1 and (batch_size % self.process_count or not drop_remainder):
             raise ValueError(
                 f"with process_count={self.process_count}, batch_size must be a multiple of it "

@@ -157,6 +157,9 @@ def combine_loggers(logger: Any) -> Any:
     """
     if logger is None:
         return None
+    if isinstance(logger, (str, os.PathLike)):
+        raise TypeError(f"logger must be a logger object, got the path logger={logger!r}; "
+                        f"write logger=TensorBoardLogger({str(logger)!r}) (or CSVLogger)")
     if isinstance(logger, (list, tuple)):
         return LoggerCollection(logger) if len(logger) != 1 else combine_loggers(logger[0])
     _check_logger(logger)

@@ -11,6 +11,7 @@ from typing import Any
 
 from flax_lr_callbacks.loggers.base import (LoggerError, RunFolder, VersionedRun,
                                             is_writer_process)
+from flax_lr_callbacks.validation import check_count
 
 __all__ = ["CSVLogger"]
 
@@ -48,10 +49,8 @@ class CSVLogger(VersionedRun):
 
     def __init__(self, save_dir: str | os.PathLike, name: str | None = None,
                  version: int | str | None = None, *, flush_logs_every_n_steps: int = 100):
-        if isinstance(flush_logs_every_n_steps, bool) or not isinstance(
-                flush_logs_every_n_steps, int) or flush_logs_every_n_steps < 1:
-            raise ValueError("flush_logs_every_n_steps must be an int >= 1, got "
-                             f"flush_logs_every_n_steps={flush_logs_every_n_steps!r}")
+        flush_logs_every_n_steps = check_count("flush_logs_every_n_steps",
+                                               flush_logs_every_n_steps)
         self._run = RunFolder(save_dir, name, version)
         self.flush_logs_every_n_steps = flush_logs_every_n_steps
         self._rows: list[dict[str, Any]] = []

@@ -13,6 +13,7 @@ import numpy as np
 from flax_lr_callbacks.loggers.base import (LoggerError, RunFolder, VersionedRun,
                                             is_writer_process)
 from flax_lr_callbacks.loggers.writer import EventFile, WriterStalled, WriterThread
+from flax_lr_callbacks.validation import check_bool, check_number
 
 __all__ = ["TensorBoardLogger"]
 
@@ -71,9 +72,8 @@ class TensorBoardLogger(VersionedRun):
     def __init__(self, save_dir: str | os.PathLike, name: str | None = None,
                  version: int | str | None = None, *, flush_secs: int = 10,
                  background: bool = True):
-        if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or (
-                flush_secs <= 0):
-            raise ValueError(f"flush_secs must be a number > 0, got flush_secs={flush_secs!r}")
+        flush_secs = check_number("flush_secs", flush_secs, low=0, low_open=True)
+        background = check_bool("background", background)
         self._run = RunFolder(save_dir, name, version)
         self.flush_secs = flush_secs
         self.background = background
