@@ -42,6 +42,21 @@ TABLE = {
         "mesh": ["bogus", 3],
         "data_axis": [3, "", None],
         "steps_per_dispatch": [0, 1.5, None],
+        "nan_policy": ["raise", None, True],
+    }),
+    "EarlyStopping": (dict(), {
+        "monitor": [3, ""],
+        "min_delta": [NAN, "0.1"],
+        "patience": [-1, 1.5, "3"],
+        "mode": ["minimum"],
+        "check_on": ["step", 0, True],
+        "stopping_threshold": [NAN, "0.1"],
+        "divergence_threshold": [NAN, "10"],
+        "check_finite": ["yes"],
+        "baseline": [NAN, "0.5"],
+        "start_from_epoch": [-1, 1.5],
+        "strict": ["yes"],
+        "verbose": ["yes"],
     }),
     "OneCycle": (dict(max_lr=0.1), {
         "max_lr": [0.0, -0.1, NAN, INF, "0.1", True],
@@ -213,7 +228,7 @@ TABLE = {
 # the library builds itself), or functions of states whose checks live elsewhere.
 NOT_INPUT = {"LRFinderResult", "NNXTrainState", "LoggerCollection", "get_hyperparam",
              "get_hyperparams", "set_hyperparam", "set_hyperparams", "apply_lr", "observe_lr",
-             "load_fashion_mnist"}
+             "load_fashion_mnist", "LoggerError", "NonFiniteLossError"}
 # Arguments that take any value (e.g. any callable or pytree) or that **kwargs stand for.
 ANY_VALUE = {("injectable", "hparams")}
 

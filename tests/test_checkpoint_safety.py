@@ -320,7 +320,7 @@ def test_nan_best_from_an_older_checkpoint_is_replaced():
 
 def test_plateau_and_checkpoint_resume_together_after_a_crash(tmp_path):
     """Settings of several stateful callbacks round-trip without a false difference."""
-    callbacks = lambda: [OneCycle(0.1), ReduceLROnPlateau("train_loss", patience=1)]  # noqa
+    callbacks = lambda: [OneCycle(0.1), ReduceLROnPlateau("train_loss", patience=1, check_on="epoch")]  # noqa
     with pytest.raises(Crash):
         _fit(tmp_path / "c", callbacks=callbacks() + [CrashAt(8)], seed=2)
     with warnings.catch_warnings():
