@@ -200,7 +200,7 @@ def test_dropin_unknown_validation_warns_once():
     (dict(patience=True), r"patience must be an int >= 0, got patience=True"),
     (dict(mode="mx"), r"mode must be one of \['min', 'max'\], got mode='mx'"),
     (dict(check_on=0), r"check_on must be 'validation', 'epoch' or an int >= 1"),
-    (dict(stopping_threshold=float("nan")), r"stopping_threshold must be a number"),
+    (dict(stopping_threshold=float("nan")), r"stopping_threshold must be a finite number"),
     (dict(stopping_threshold=2.0, divergence_threshold=1.0), r"stopping_threshold=2.0 must"),
     (dict(start_from_epoch=1.5), r"start_from_epoch must be an int >= 0"),
     (dict(check_finite="yes"), r"check_finite must be a bool"),

@@ -13,7 +13,7 @@ from conftest import Crash, CrashAt, loss_fn, make_data, make_state
 
 from flax_lr_callbacks import (ArrayDataset, LRSchedule, ModelCheckpoint, NonFiniteLossError,
                                ReduceLROnPlateau, SmoothedPlateau, Trainer)
-from flax_lr_callbacks.callbacks.base import Observation
+from flax_lr_callbacks.callbacks.base import Callback, Observation
 
 
 def indexed_data(n=96, batch=16):
@@ -87,17 +87,36 @@ def test_stop_frozen_until_the_log_point():
     assert_bitwise(err.state, reference_state(3, make_state(), indexed_data()))
 
 
+class NanLRAt(Callback):
+    """Writes a NaN base learning rate from the host once `step` steps have run."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, state):
+        if trainer.global_step == self.step:
+            trainer.set_base_hyperparam("learning_rate", float("nan"))
+
+
 def test_stop_on_finite_loss_with_nan_learning_rate():
-    """A schedule that returns NaN (finite loss, NaN LR) is caught at the step it applies,
-    here in the second epoch, with the parameters still finite."""
-    sched = LRSchedule(lambda t: jnp.where(t >= 8, jnp.nan, 0.1))
-    trainer = Trainer(loss_fn, max_epochs=3, log_every_n_steps=3, callbacks=[sched],
+    """A NaN learning rate written mid-run (finite loss, NaN LR) is caught at the step it
+    applies, here in the second epoch, with the parameters still finite."""
+    trainer = Trainer(loss_fn, max_epochs=3, log_every_n_steps=3, callbacks=[NanLRAt(8)],
                       enable_progress_bar=False)
     err = fit_until_error(trainer, make_state(), indexed_data())
     assert (err.step, err.epoch, err.batch) == (8, 1, 2) and "loss was finite" in str(err)
     assert "step 8 (epoch 1, batch 2)" in str(err)
     assert trainer.global_step == 9
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(err.state.params))
+
+
+def test_a_nan_schedule_is_refused_before_training():
+    """A schedule that plans NaN is an error at fit start naming the callback and step."""
+    sched = LRSchedule(lambda t: jnp.where(t >= 8, jnp.nan, 0.1))
+    trainer = Trainer(loss_fn, max_epochs=3, callbacks=[sched], enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"LRSchedule.*learning_rate=nan.*at step 8 \(epoch 1\)"):
+        trainer.fit(make_state(), indexed_data())
+    assert trainer.global_step == 0
 
 
 def test_no_checkpoint_after_the_nan(tmp_path):
