@@ -60,7 +60,7 @@ class LossFn:
             raise TypeError(
                 f"loss_fn must return loss or the tuple (loss, {{name: scalar}}); "
                 f"{_name(self.fn)} returned a {type(out).__name__} of {len(out)} items "
-                f"({', '.join(type(x).__name__ for x in out)})")
+                f"({', '.join(_kind(x) for x in out)})")
         _check_scalar(self.fn, "loss", loss)
         for k, v in metrics.items():
             _check_scalar(self.fn, f"metric {k!r}", v)
@@ -69,6 +69,10 @@ class LossFn:
 
 def _name(fn: Any) -> str:
     return f"loss_fn {getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _kind(x: Any) -> str:
+    return "array" if hasattr(x, "shape") else type(x).__name__
 
 
 def _check_scalar(fn: Any, what: str, value: Any) -> None:
