@@ -63,16 +63,26 @@ def test_bad_metrics_are_named():
         lrc.epoch_end(lr_state, [0.3])
 
 
+class EpochPlateauLoop:
+    """A hand loop whose only LR callback is an epoch-end plateau (3 steps an epoch)."""
+
+    def __init__(self):
+        self.lrc = LRCallbacks([ReduceLROnPlateau("val_loss", check_on="epoch")],
+                               steps_per_epoch=3, max_epochs=4)
+        self.opt_state = make_state().opt_state
+        self.lr_state = self.lrc.init(self.opt_state)
+        self._step = jax.jit(self.lrc.apply)
+
+    def steps(self, n):
+        for _ in range(n):
+            self.opt_state, self.lr_state = self._step(self.opt_state, self.lr_state)
+        return self.lr_state
+
+
 def test_forgetting_epoch_end_warns_once():
     """Steps run past an epoch without epoch_end: an epoch-end plateau would never check."""
-    state = make_state()
-    lrc = LRCallbacks([ReduceLROnPlateau("val_loss", check_on="epoch")], steps_per_epoch=3,
-                      max_epochs=4)
-    lr_state = lrc.init(state.opt_state)
-    step = jax.jit(lrc.apply)
-    opt_state = state.opt_state
-    for _ in range(7):  # into the third epoch
-        opt_state, lr_state = step(opt_state, lr_state)
+    loop = EpochPlateauLoop()
+    lrc, lr_state = loop.lrc, loop.steps(7)  # into the third epoch
     with pytest.warns(RuntimeWarning, match=r"validation_end at step 7 \(epoch 2.*but "
                                             r"epoch_end\(\) was called for 0 epochs"):
         lr_state = lrc.validation_end(lr_state, {"val_loss": 1.0})
@@ -82,20 +92,13 @@ def test_forgetting_epoch_end_warns_once():
 
 
 def test_calling_epoch_end_every_epoch_never_warns():
-    state = make_state()
-    lrc = LRCallbacks([ReduceLROnPlateau("val_loss", check_on="epoch")], steps_per_epoch=3,
-                      max_epochs=2)
-    lr_state = lrc.init(state.opt_state)
-    step = jax.jit(lrc.apply)
-    opt_state = state.opt_state
+    loop = EpochPlateauLoop()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for _ in range(2):
-            for _ in range(3):
-                opt_state, lr_state = step(opt_state, lr_state)
-            lr_state = lrc.validation_end(lr_state, {"val_loss": 1.0})
-            lr_state = lrc.epoch_end(lr_state)
-        lrc.finish(lr_state)
+        for _ in range(4):
+            lr_state = loop.lrc.validation_end(loop.steps(3), {"val_loss": 1.0})
+            loop.lr_state = loop.lrc.epoch_end(lr_state)
+        loop.lrc.finish(loop.lr_state)
 
 
 @pytest.mark.parametrize("bad, match", [
