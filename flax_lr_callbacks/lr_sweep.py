@@ -15,7 +15,6 @@ any model big enough to need a range test.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import weakref
 from typing import Any
