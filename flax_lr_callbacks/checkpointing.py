@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from flax_lr_callbacks import nan_policy
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.loggers.run_config import settings as _run_settings
 
@@ -171,7 +172,7 @@ def write(manager: Any, trainer: Any, *, epoch_finished: bool,
     train step may donate its buffers right after this returns.
     """
     ocp = _ocp()
-    getattr(trainer, "raise_if_nonfinite", lambda: None)()  # never save a stopped run
+    nan_policy.raise_if_stopped(trainer)  # never save a stopped run
     paths, leaves = _leaves(_saved_tree(trainer))
     meta = {
         "format": FORMAT,

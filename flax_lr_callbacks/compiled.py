@@ -16,6 +16,7 @@ import numpy as np
 
 from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.data.source import validation_batches
 from flax_lr_callbacks.step import TrainerState
 
 __all__ = ["CompiledSteps"]
@@ -50,6 +51,19 @@ class CompiledSteps:
 
     def _eval_batch(self, state: Any, batch: Any) -> dict[str, jax.Array]:
         return step_lib.eval_sums(state, batch, loss=self.loss, eval_fn=self.eval_fn)
+
+    def validate(self, state: Any, val_data: Any) -> dict[str, float]:
+        """``{"val_loss": ..., "val_<metric>": ...}`` averaged over all examples of
+        `val_data`; batch sums stay on device and are fetched once at the end."""
+        totals = None
+        for batch in validation_batches(val_data):
+            sums = self.eval(state, self.placement.put_batch(batch, strict=False))
+            totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+        if totals is None:
+            raise ValueError("val_data yielded no batch")
+        totals = jax.device_get(totals)
+        count = float(totals.pop("_count"))
+        return {f"val_{k}": float(v) / count for k, v in totals.items()}
 
     def initial_state(self, state: Any, base: Any, cb_states: tuple, *, seed: int,
                       steps_per_epoch: int, total_steps: int, first_batch: Any) -> TrainerState:

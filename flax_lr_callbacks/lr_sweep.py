@@ -28,7 +28,7 @@ from flax_lr_callbacks import finder
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.data.source import DataSource
-from flax_lr_callbacks.validation import check_choice, check_count, check_number
+from flax_lr_callbacks.validation import check_bool, check_choice, check_count, check_number
 
 __all__ = ["run", "chunk_size"]
 
@@ -123,3 +123,18 @@ def validate_args(min_lr: float, max_lr: float, num_steps: int, mode: str, smoot
                 diverge_threshold=check_number("diverge_threshold", diverge_threshold, low=1,
                                                low_open=True),
                 suggestion=check_choice("suggestion", suggestion, list(finder.SUGGESTIONS)))
+
+
+def find(trainer: Any, state: Any, train_data: Any, *, progress: bool | None = None,
+         **kwargs: Any) -> finder.LRFinderResult:
+    """`Trainer.lr_find`: checks the arguments, runs the sweep (`run`) and logs the plot and
+    the suggestion when the trainer has a logger."""
+    args = validate_args(**kwargs)
+    progress = trainer.enable_progress_bar if progress is None else check_bool(
+        "progress", progress)
+    result = run(trainer, state, train_data, **args, progress=progress)
+    if trainer.logger is not None:
+        if result.suggestion is not None:
+            trainer.logger.log_metrics({"lr_finder/suggestion": result.suggestion}, step=0)
+        trainer.logger.log_figure("lr_finder", result.plot(), step=0)
+    return result

@@ -144,3 +144,12 @@ def skipped_message(skipped: int, step: int, history: dict[str, Any]) -> str:
     return (f"nan_policy='skip': {skipped} non-finite step(s) skipped by step {step}"
             + (f" (non-finite loss at steps {where[:5].tolist()})" if where.size else "")
             + "; their updates were not applied. train/skipped_steps counts them")
+
+
+def raise_if_stopped(trainer: Any) -> None:
+    """Raises `NonFiniteLossError` when ``nan_policy="stop"`` has stopped the run's updates
+    (checkpoint writes call it: the save fetches the state anyway)."""
+    if getattr(trainer, "nan_policy", None) == "stop" and trainer.trainer_state is not None:
+        first = int(jax.device_get(trainer.trainer_state.nonfinite.first_step))
+        if first >= 0:
+            raise error(trainer, first)

@@ -128,3 +128,38 @@ class CallbackHost:
     def request_stop(self) -> None:
         """Asks the fit to stop after the current step."""
         self.progress.should_stop = True
+
+
+def _attach_state(host: Any, error: BaseException, what: str) -> None:
+    """A logger failed: the trained state goes with the error as ``err.state``."""
+    error.state = host.trainer_state.train_state
+    error.add_note(f"{what} step {host.global_step}; the trained state is err.state "
+                   "(callbacks were torn down: checkpoint writes are complete).")
+
+
+def end_fit(host: Any, error: BaseException | None) -> None:
+    """Ends a fit: tears the callbacks down, then finalizes the logger (bounded in time).
+
+    A `LoggerError` that stopped the run, and a finalize error after a finished one, carry
+    the trained state as ``err.state``; while another error is on its way out, a finalize
+    error becomes a note on it instead of hiding it.
+    """
+    from flax_lr_callbacks.loggers.errors import LoggerError
+
+    if isinstance(error, LoggerError):
+        _attach_state(host, error, "Training stopped after")
+    try:
+        for cb in host.callbacks:
+            cb.teardown(host, host.trainer_state.train_state)
+    except BaseException as e:
+        error = error or e
+        raise
+    finally:
+        if host.logger is not None:
+            try:
+                host.logger.finalize()
+            except Exception as e:
+                if error is None:
+                    _attach_state(host, e, "Training finished at")
+                    raise
+                error.add_note(f"The logger's finalize failed too: {e}")

@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flax_lr_callbacks import nan_policy as nan_lib
@@ -33,15 +32,13 @@ from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.contract import RunPlan
-from flax_lr_callbacks.data.source import DataSource, shapes, validation_batches
+from flax_lr_callbacks.data.source import DataSource, shapes
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 from flax_lr_callbacks.loggers.base import combine_loggers
-from flax_lr_callbacks.loggers.errors import LoggerError
 from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
-from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
+from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks, end_fit
 from flax_lr_callbacks.step import TrainerState
-from flax_lr_callbacks.validation import (check_bool, check_callable, check_count,
-                                          check_str)
+from flax_lr_callbacks.trainer_settings import checked_settings
 
 __all__ = ["Trainer", "TrainerState"]
 
@@ -117,40 +114,17 @@ class Trainer(CallbackHost):
         nan_policy: Literal["stop", "skip", "ignore"] = "stop",
     ):
         self._loss = step_lib.LossFn(loss_fn)
-        nan_lib.check_policy(nan_policy)
-        self.nan_policy = nan_policy
-        self._warned_skipped = False
-        if max_epochs is None and max_steps is None:
-            raise ValueError("give max_epochs or max_steps (both are None)")
-        max_epochs, max_steps, steps_per_epoch = (
-            check_count(n, v, allow_none=True) for n, v in (
-                ("max_epochs", max_epochs), ("max_steps", max_steps),
-                ("steps_per_epoch", steps_per_epoch)))
-        log_every_n_steps = check_count("log_every_n_steps", log_every_n_steps)
-        steps_per_dispatch = check_count("steps_per_dispatch", steps_per_dispatch)
-        seed = check_count("seed", seed, low=0)
-        eval_fn = check_callable("eval_fn", eval_fn, allow_none=True,
-                                 hint=" (params, batch) -> {name: scalar}")
-        enable_progress_bar = check_bool("enable_progress_bar", enable_progress_bar)
-        data_axis = check_str("data_axis", data_axis)
-        if log_every_n_steps % steps_per_dispatch:
-            raise ValueError(
-                f"log_every_n_steps={log_every_n_steps} must be a multiple of "
-                f"steps_per_dispatch={steps_per_dispatch} (the record buffer is fetched "
-                "between dispatches)")
-        callbacks = arrange_callbacks(callbacks, progress_bar=enable_progress_bar)
         self.loss_fn = loss_fn
-        self.max_epochs = max_epochs
-        self.max_steps = max_steps
-        self.steps_per_epoch_arg = steps_per_epoch
-        self.callbacks = callbacks
+        # the settings, checked (errors name the argument) and in plain Python form
+        vars(self).update(checked_settings(
+            max_epochs=max_epochs, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
+            log_every_n_steps=log_every_n_steps, seed=seed, eval_fn=eval_fn,
+            enable_progress_bar=enable_progress_bar, data_axis=data_axis,
+            steps_per_dispatch=steps_per_dispatch, nan_policy=nan_policy))
+        self.callbacks = arrange_callbacks(callbacks, progress_bar=self.enable_progress_bar)
         self.logger = combine_loggers(logger)
-        self.log_every_n_steps = log_every_n_steps
-        self.steps_per_dispatch = steps_per_dispatch
         self.last_dispatch_steps = 1  # steps run by the latest dispatch (hooks see them at once)
-        self.seed = seed
-        self.eval_fn = eval_fn
-        self.enable_progress_bar = enable_progress_bar
+        self._warned_skipped = False
 
         # Host counters (`progress`), plan and metrics, readable by callbacks (`HostContext`).
         self._reset_host(RunPlan(0, 0, 0))
@@ -162,11 +136,11 @@ class Trainer(CallbackHost):
         from flax_lr_callbacks import parallel
 
         self.placement = parallel.Placement(
-            parallel.default_mesh(data_axis) if isinstance(mesh, str) and mesh == "auto"
-            else mesh, data_axis)
-        self.steps = CompiledSteps(self._loss, self.callbacks, buffer_size=log_every_n_steps,
-                                   eval_fn=eval_fn, placement=self.placement,
-                                   nan_policy=nan_policy)
+            parallel.default_mesh(self.data_axis) if isinstance(mesh, str) and mesh == "auto"
+            else mesh, self.data_axis)
+        self.steps = CompiledSteps(self._loss, self.callbacks,
+                                   buffer_size=self.log_every_n_steps, eval_fn=self.eval_fn,
+                                   placement=self.placement, nan_policy=self.nan_policy)
         self._train_step, self._fused_step = self.steps.train, self.steps.fused
         self._eval_step = self.steps.eval
 
@@ -283,7 +257,8 @@ class Trainer(CallbackHost):
                 self._log_point()
                 if (self.batch_in_epoch < spe and self.global_step < total
                         and not self.should_stop):
-                    self._ran_short(epoch, spe, total)
+                    source.warn_short(epoch, self.batch_in_epoch, self.global_step, total)
+                    self.should_stop = True
                 if val_data is not None:
                     self.callback_metrics.update(self.validate(
                         self.trainer_state.train_state, val_data))
@@ -300,50 +275,10 @@ class Trainer(CallbackHost):
             if self.logger is not None:
                 self.logger.log_hyperparams(run_config(self), final_metrics(self))
         except BaseException as e:
-            if isinstance(e, LoggerError):
-                self._attach_state(e, "Training stopped after")
-            self._end_fit(e)
+            end_fit(self, e)
             raise
-        self._end_fit(None)
+        end_fit(self, None)
         return self.trainer_state.train_state
-
-    def _attach_state(self, error: BaseException, what: str) -> None:
-        """A logger failed: the trained state goes with the error as ``err.state``."""
-        error.state = self.trainer_state.train_state
-        error.add_note(f"{what} step {self.global_step}; the trained state is err.state "
-                       "(callbacks were torn down: checkpoint writes are complete).")
-
-    def _end_fit(self, error: BaseException | None) -> None:
-        """Tears the callbacks down, then finalizes the logger (bounded in time).
-
-        A finalize error is raised with the trained state as ``err.state``; while another
-        error is on its way out, it becomes a note on that one instead of hiding it.
-        """
-        try:
-            for cb in self.callbacks:
-                cb.teardown(self, self.trainer_state.train_state)
-        except BaseException as e:
-            error = error or e
-            raise
-        finally:
-            if self.logger is not None:
-                try:
-                    self.logger.finalize()
-                except Exception as e:
-                    if error is None:
-                        self._attach_state(e, "Training finished at")
-                        raise
-                    error.add_note(f"The logger's finalize failed too: {e}")
-
-    def _ran_short(self, epoch: int, spe: int, total: int) -> None:
-        """The data ended before the plan: say how far the run got and stop it."""
-        warnings.warn(
-            f"train_data ran out in epoch {epoch} after {self.batch_in_epoch} of its "
-            f"{spe} batches: {self.global_step} of the {total} planned steps ran; stopping "
-            "(schedules did not reach their end). Pass data with more batches, a "
-            ".repeat()ed pipeline, or a smaller steps_per_epoch/max_epochs",
-            UserWarning, stacklevel=3)
-        self.should_stop = True
 
     def _dispatch(self, batches: list[Any]) -> None:
         """Runs `batches` as one fused call (K of them) or as single steps, then the hooks.
@@ -397,14 +332,6 @@ class Trainer(CallbackHost):
             self.logger.log_metrics(train | {"epoch": self.current_epoch}, step=end - 1)
         self._call("on_log", history)
 
-    def raise_if_nonfinite(self) -> None:
-        """Raises `NonFiniteLossError` when ``nan_policy="stop"`` has stopped the run's
-        updates (checkpoint writes call it: the save fetches the state anyway)."""
-        if self.nan_policy == "stop" and self.trainer_state is not None:
-            first = int(jax.device_get(self.trainer_state.nonfinite.first_step))
-            if first >= 0:
-                raise nan_lib.error(self, first)
-
     def lr_find(self, state: Any, train_data: Any, *, min_lr: float = 1e-7,
                 max_lr: float = 10.0, num_steps: int = 100,
                 mode: Literal["exponential", "linear"] = "exponential",
@@ -439,28 +366,12 @@ class Trainer(CallbackHost):
         """
         from flax_lr_callbacks import lr_sweep
 
-        args = lr_sweep.validate_args(min_lr, max_lr, num_steps, mode, smoothing,
-                                      diverge_threshold, suggestion)
-        progress = check_bool("progress", progress) if progress is not None else None
-        result = lr_sweep.run(self, state, train_data, **args,
-                              progress=self.enable_progress_bar if progress is None else progress)
-        if self.logger is not None:
-            if result.suggestion is not None:
-                self.logger.log_metrics({"lr_finder/suggestion": result.suggestion}, step=0)
-            self.logger.log_figure("lr_finder", result.plot(), step=0)
-        return result
+        return lr_sweep.find(self, state, train_data, min_lr=min_lr, max_lr=max_lr,
+                             num_steps=num_steps, mode=mode, smoothing=smoothing,
+                             diverge_threshold=diverge_threshold, suggestion=suggestion,
+                             progress=progress)
 
     def validate(self, state: Any, val_data: Any) -> dict[str, float]:
-        """Returns ``{"val_loss": ..., "val_<metric>": ...}`` averaged over all examples.
-
-        Batch sums stay on device and are fetched once at the end.
-        """
-        totals = None
-        for batch in validation_batches(val_data):
-            sums = self._eval_step(state, self.placement.put_batch(batch, strict=False))
-            totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-        if totals is None:
-            raise ValueError("val_data yielded no batch")
-        totals = jax.device_get(totals)
-        count = float(totals.pop("_count"))
-        return {f"val_{k}": float(v) / count for k, v in totals.items()}
+        """Returns ``{"val_loss": ..., "val_<metric>": ...}`` averaged over all examples
+        (batch sums stay on device and are fetched once at the end)."""
+        return self.steps.validate(state, val_data)

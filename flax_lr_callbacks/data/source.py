@@ -155,6 +155,15 @@ class DataSource:
                 "order every epoch; pass the MapDataset (Grain re-seeds its shuffle per epoch) "
                 "or a .repeat()ed pipeline with steps_per_epoch", UserWarning, stacklevel=3)
 
+    def warn_short(self, epoch: int, done: int, step: int, total: int) -> None:
+        """The data ended `done` batches into `epoch`, before the plan: says how far the run
+        got (the caller stops it)."""
+        warnings.warn(
+            f"{self.name} ran out in epoch {epoch} after {done} of its {self.steps_per_epoch} "
+            f"batches: {step} of the {total} planned steps ran; stopping (schedules did not "
+            "reach their end). Pass data with more batches, a .repeat()ed pipeline, or a "
+            "smaller steps_per_epoch/max_epochs", UserWarning, stacklevel=4)
+
     # ------------------------------------------------------------------ reading
     def _open(self) -> Any:
         if self._it is None:
