@@ -37,7 +37,7 @@ from flax_lr_callbacks.loggers.errors import LoggerError
 from flax_lr_callbacks.loggers.csv_logs import CSVLogger
 from flax_lr_callbacks.loggers.tensorboard import TensorBoardLogger
 from flax_lr_callbacks.nnx_state import NNXTrainState
-from flax_lr_callbacks.preview import preview
+from flax_lr_callbacks.plan import preview
 from flax_lr_callbacks.trainer import Trainer
 from flax_lr_callbacks.trainer import TrainerState
 

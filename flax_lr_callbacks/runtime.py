@@ -101,7 +101,7 @@ class CallbackHost:
     def init_rules(self, opt_state: Any) -> tuple[Any, tuple]:
         """Configures and checks the callbacks against `opt_state` for `plan`; returns the
         float32 base hyperparameters and the callbacks' initial device states."""
-        from flax_lr_callbacks.plan_check import check_plan
+        from flax_lr_callbacks.plan import check_plan
 
         base, states = step_lib.init_rule_state(self.callbacks, opt_state, self._plan)
         check_plan(self.callbacks, base, states, self._plan)

@@ -124,7 +124,7 @@ class Callback:
         `hparams` are the optimizer's base values the schedule may start from (default
         ``learning_rate=1.0, momentum=0.9``).
         """
-        from flax_lr_callbacks.preview import planned_values
+        from flax_lr_callbacks.plan import planned_values
 
         return planned_values([self], num_steps, steps_per_epoch or num_steps, hparams)
 

@@ -98,7 +98,7 @@ class LRFinder(Callback):
             return
         if target is not None:
             target.set_peak(trainer, lr)
-            from flax_lr_callbacks.plan_check import check_plan
+            from flax_lr_callbacks.plan import check_plan
 
             ts = trainer.trainer_state  # the schedule's plan is known now: check it
             check_plan(trainer.callbacks, ts.base_hparams, ts.callback_states, trainer.plan)
