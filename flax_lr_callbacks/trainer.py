@@ -203,6 +203,30 @@ class Trainer(CallbackHost):
             callback state by a `state_key` (built from a few settings for some callbacks)
             and compares nothing else; Keras' `BackupAndRestore` compares no settings.
         """
+        start_epoch, start_batch = self._begin(state, train_data, val_data, resume_from,
+                                               allow_changed_settings)
+        try:
+            self._call("on_fit_start")
+            for epoch in range(start_epoch, self.plan.max_epochs):
+                if self._finished():
+                    break
+                self._train_epoch(epoch, start_batch if epoch == start_epoch else 0)
+                if val_data is not None:
+                    self._validate_epoch(epoch, val_data)
+                self._call("on_train_epoch_end")
+            self._call("on_fit_end")
+            if self.logger is not None:
+                self.logger.log_hyperparams(run_config(self), final_metrics(self))
+        except BaseException as e:
+            end_fit(self, e)
+            raise
+        end_fit(self, None)
+        return self.trainer_state.train_state
+
+    def _begin(self, state: Any, train_data: Any, val_data: Any, resume_from: Any,
+               allow_changed_settings: bool) -> tuple[int, int]:
+        """Plans the fit, builds (or restores) the carried state and sets the logger up;
+        returns the epoch and batch training starts at."""
         if allow_changed_settings and resume_from is None:
             raise ValueError("allow_changed_settings=True only applies when resuming; pass "
                              "resume_from=... as well, or drop it")
@@ -218,67 +242,55 @@ class Trainer(CallbackHost):
         self._index_hooks()
         first_batch = source.peek()
         self._batch_shapes = shapes(first_batch)
-        start_epoch, start_batch = 0, 0
+        start = (0, 0)
         self.resuming, self.resumed_from = resume_from is not None, None
         if resume_from is None:
             self.trainer_state = self.init_trainer_state(state, spe, total, first_batch)
         else:
             from flax_lr_callbacks import checkpointing
 
-            start_epoch, start_batch, data_state = checkpointing.resume(
+            *start, data_state = checkpointing.resume(
                 self, lambda: self.init_trainer_state(state, spe, total, first_batch),
                 resume_from, allow_changed_settings)
             source.restore(data_state)
         if self.logger is not None and callable(getattr(self.logger, "setup", None)):
             self.logger.setup()  # an unwritable log folder fails here, before any step
-        try:
-            self._call("on_fit_start")
-            for epoch in range(start_epoch, epochs):
-                if self.global_step >= total or self.should_stop:
+        return tuple(start)
+
+    def _finished(self) -> bool:
+        return self.global_step >= self.total_steps or self.should_stop
+
+    def _train_epoch(self, epoch: int, start: int) -> None:
+        """Trains epoch `epoch` from its batch `start`, in groups of `steps_per_dispatch`."""
+        self.current_epoch, self.batch_in_epoch = epoch, start
+        self._call("on_train_epoch_start")
+        spe, total = self.steps_per_epoch, self.total_steps
+        # a hook may have stopped the run; the stop is checked before the next pull, so a
+        # stream loses no batch
+        batches = iter(()) if self._finished() else self.data.epoch(epoch, start)
+        pending: list[Any] = []
+        for batch in batches:
+            pending.append(batch)
+            if len(pending) >= min(self.steps_per_dispatch, spe - self.batch_in_epoch,
+                                   total - self.global_step):
+                self._dispatch(pending)
+                pending = []
+                if self._finished():
                     break
-                self.current_epoch = epoch
-                start = start_batch if epoch == start_epoch else 0
-                self.batch_in_epoch = start
-                self._call("on_train_epoch_start")
-                batches = (source.epoch(epoch, start) if self.global_step < total
-                           and not self.should_stop else iter(()))  # a hook may have stopped
-                pending: list[Any] = []
-                for batch in batches:  # checked before the next pull: a stream loses none
-                    pending.append(batch)
-                    room = min(self.steps_per_dispatch, spe - self.batch_in_epoch,
-                               total - self.global_step)
-                    if len(pending) >= room:
-                        self._dispatch(pending)
-                        pending = []
-                        if self.global_step >= total or self.should_stop:
-                            break
-                for batch in pending:  # the data ended inside a group of K
-                    self._dispatch([batch])
-                self._log_point()
-                if (self.batch_in_epoch < spe and self.global_step < total
-                        and not self.should_stop):
-                    source.warn_short(epoch, self.batch_in_epoch, self.global_step, total)
-                    self.should_stop = True
-                if val_data is not None:
-                    self.callback_metrics.update(self.validate(
-                        self.trainer_state.train_state, val_data))
-                    if self.logger is not None:
-                        self.logger.log_metrics(
-                            {k: v for k, v in self.callback_metrics.items()
-                             if k.startswith("val_")} | {"epoch": epoch},
-                            step=self.global_step - 1)
-                    self._call("on_validation_end")
-                self._call("on_train_epoch_end")
-                if self.global_step >= total or self.should_stop:
-                    break
-            self._call("on_fit_end")
-            if self.logger is not None:
-                self.logger.log_hyperparams(run_config(self), final_metrics(self))
-        except BaseException as e:
-            end_fit(self, e)
-            raise
-        end_fit(self, None)
-        return self.trainer_state.train_state
+        for batch in pending:  # the data ended inside a group of K
+            self._dispatch([batch])
+        self._log_point()
+        if self.batch_in_epoch < spe and not self._finished():
+            self.data.warn_short(epoch, self.batch_in_epoch, self.global_step, total)
+            self.should_stop = True
+
+    def _validate_epoch(self, epoch: int, val_data: Any) -> None:
+        self.callback_metrics.update(self.validate(self.trainer_state.train_state, val_data))
+        if self.logger is not None:
+            self.logger.log_metrics({k: v for k, v in self.callback_metrics.items()
+                                     if k.startswith("val_")} | {"epoch": epoch},
+                                    step=self.global_step - 1)
+        self._call("on_validation_end")
 
     def _dispatch(self, batches: list[Any]) -> None:
         """Runs `batches` as one fused call (K of them) or as single steps, then the hooks.
