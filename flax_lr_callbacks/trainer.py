@@ -170,7 +170,7 @@ class Trainer(CallbackHost):
     def num_step_compiles(self) -> int:
         """Executables compiled for the train step (a trace can compile more than once when
         input placement changes, so both this and `num_step_traces` are checked in tests)."""
-        return self._train_step._cache_size()
+        return self.steps.train._cache_size()
 
     def state_sharding(self) -> jax.sharding.Sharding:
         """Where the carried state lives: replicated over the mesh, or on the first device."""
@@ -235,14 +235,14 @@ class Trainer(CallbackHost):
                 batches = (source.epoch(epoch, start) if self.global_step < total
                            and not self.should_stop else iter(()))  # a hook may have stopped
                 pending: list[Any] = []
+                k, progress = self.steps_per_dispatch, self.progress
                 for batch in batches:  # checked before the next pull: a stream loses none
                     pending.append(batch)
-                    room = min(self.steps_per_dispatch, spe - self.batch_in_epoch,
-                               total - self.global_step)
-                    if len(pending) >= room:
+                    if len(pending) >= min(k, spe - progress.batch_in_epoch,
+                                           total - progress.global_step):
                         self._dispatch(pending)
                         pending = []
-                        if self.global_step >= total or self.should_stop:
+                        if progress.global_step >= total or progress.should_stop:
                             break
                 for batch in pending:  # the data ended inside a group of K
                     self._dispatch([batch])
@@ -286,26 +286,32 @@ class Trainer(CallbackHost):
         """Runs `batches` as one fused call (K of them) or as single steps, then the hooks.
 
         A group holding a batch of other shapes (a short last batch) runs step by step, so
-        the fused executable keeps its one shape."""
+        the fused executable keeps its one shape. The K batches go to the fused call as they
+        are (a tuple) and are stacked inside it: no host copy into one array."""
+        put = self.placement.put_batch if self.placement.mesh is not None else None
         if len(batches) == self.steps_per_dispatch > 1 and all(
                 shapes(b) == self._batch_shapes for b in batches):
-            stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *batches)
-            self.trainer_state = self._fused_step(
-                self.trainer_state, self.placement.put_batch(stacked, stacked=True))
+            group = tuple(batches if put is None else (put(b) for b in batches))
+            self.trainer_state = self._fused_step(self.trainer_state, group)
             self._after_steps(len(batches))
             return
+        step = self._train_step
         for batch in batches:
-            self.trainer_state = self._train_step(self.trainer_state,
-                                                  self.placement.put_batch(batch))
+            self.trainer_state = step(self.trainer_state, batch if put is None else put(batch))
             self._after_steps(1)
 
     def _after_steps(self, n: int) -> None:
-        self.global_step += n
-        self.batch_in_epoch += n
+        progress = self.progress  # the counters, without the properties' indirection
+        progress.global_step += n
+        progress.batch_in_epoch += n
         self.last_dispatch_steps = n
-        if self.global_step % self.log_every_n_steps < n:  # a log point was reached
+        if progress.global_step % self.log_every_n_steps < n:  # a log point was reached
             self._log_point()
-        self._call("on_train_batch_end")
+        hooks = self._hook_users["on_train_batch_end"]
+        if hooks:
+            state = self.trainer_state.train_state
+            for cb in hooks:
+                cb.on_train_batch_end(self, state)
 
     def _log_point(self) -> None:
         """Fetches the metric buffer in one transfer and hands the window to callbacks."""
@@ -313,9 +319,9 @@ class Trainer(CallbackHost):
         if end <= start:
             return
         buffer = jax.device_get(self.trainer_state.buffer)
-        rows = np.arange(start, end) % self.log_every_n_steps
+        rows = buffer[np.arange(start, end) % self.log_every_n_steps]
         history = {"step": np.arange(start, end)}
-        history.update({k: np.asarray(v)[rows] for k, v in buffer.items()})
+        history.update({k: rows[:, i] for i, k in enumerate(self.steps.record_keys)})
         self.progress.window_start = end
         train = {"train_loss": float(history["loss"].mean())}
         train.update({k: float(v.mean()) for k, v in history.items() if k.startswith("train_")})
