@@ -29,27 +29,31 @@ def _median(xs: list[float]) -> float:
 
 
 def compiled_step_us(trainer: Trainer, state: Any, batches: list, bare: Any, params: Any,
-                     opt_state: Any, n: int, repeats: int) -> tuple[float, float]:
+                     opt_state: Any, n: int, repeats: int) -> dict[str, float]:
     """(a): microseconds per call of our compiled train step and of the bare step, each in a
-    tight loop over one device-resident batch, interleaved; medians."""
+    tight loop over one device-resident batch. Short blocks of `n` calls alternate (ours,
+    bare, ours, ...) `repeats` times, so load changes on the machine hit both; medians of
+    wall time and of CPU time (all threads: the step's own work, robust to other load)."""
     ts = trainer.init_trainer_state(state, len(batches), n * (repeats + 1), batches[0])
     batch = jax.device_put(batches[0], trainer.state_sharding())
-    step = trainer._train_step
+    step = trainer.steps.train
     ts = jax.block_until_ready(step(ts, batch))  # compile
     p, o, _ = jax.block_until_ready(bare(params, opt_state, batch, 0))
-    ours, theirs = [], []
+    runs: dict[str, list[float]] = {"ours": [], "bare": [], "ours_cpu": [], "bare_cpu": []}
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(n):
             ts = step(ts, batch)
         jax.block_until_ready(ts)
-        ours.append((time.perf_counter() - t) / n * 1e6)
-        t = time.perf_counter()
+        runs["ours"].append((time.perf_counter() - t) / n * 1e6)
+        runs["ours_cpu"].append((time.process_time() - c) / n * 1e6)
+        t, c = time.perf_counter(), time.process_time()
         for i in range(n):
             p, o, _ = bare(p, o, batch, i)
         jax.block_until_ready(p)
-        theirs.append((time.perf_counter() - t) / n * 1e6)
-    return _median(ours), _median(theirs)
+        runs["bare"].append((time.perf_counter() - t) / n * 1e6)
+        runs["bare_cpu"].append((time.process_time() - c) / n * 1e6)
+    return {k: _median(v) for k, v in runs.items()}
 
 
 def host_loop_us(make_trainer: Any, state: Any, batches: list, epochs: int,
