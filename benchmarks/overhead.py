@@ -1,21 +1,33 @@
 """Trainer overhead: `Trainer.fit` with the full LR stack vs a bare jitted optax loop.
 
+    python benchmarks/overhead.py --explain      # the full table (issue 17), ~3 min on 2 cores
     python benchmarks/overhead.py [--models mlp cnn] [--steps 448] [--repeats 5]
                                   [--dispatch 1 4 16 64] [--cnn-steps 64]
+                                  [--user-repeats 9] [--user-dispatch 1 10] [--explain]
 
-Ours: `Trainer.fit` with [OneCycle (momentum cycling), ReduceLROnPlateau, LearningRateMonitor,
-ProgressBar] and a TensorBoardLogger. Bare: the same model, batches and SGD, with the one-cycle
-LR computed inside a plain `jax.jit` step. Both exclude compilation (one warm-up run each) and
+Rows ``mlp user-style`` (issue 17): the fit a user runs: MLP 784-128-10, batch 128, 10 epochs
+of 100 batches, OneCycle + ReduceLROnPlateau(monitor="train_loss", check_on=100) +
+LearningRateMonitor + TensorBoardLogger, progress bar on, default log_every_n_steps; one
+Trainer fits `--user-repeats` times, each fit timed against the bare loop on the same batches,
+interleaved; K=10 fuses 10 steps per dispatch. Rows ``mlp``/``cnn``: `Trainer.fit` with
+[OneCycle (momentum cycling), ReduceLROnPlateau, LearningRateMonitor, ProgressBar] and a
+TensorBoardLogger over one epoch. Bare: the same model, batches and SGD, with the one-cycle LR
+computed inside a plain `jax.jit` step. All exclude compilation (one warm-up run each) and
 validation. Reports steps/s ratios (ours / bare; goals >= 0.97 for the MLP, >= 0.99 for the
-CNN), train-step compiles per fit, and host fetches per fit. With --dispatch, the same fit runs
-with `steps_per_dispatch=K` for each K (fused steps; MLP only: XLA:CPU runs convolutions inside
-`lax.scan` about 16x slower, so fusing the CNN on CPU measures that, not our overhead).
+CNN, >= 1.2 for the MLP's best K), train-step compiles per fit, and host fetches per fit.
+With --dispatch, the same fit runs with `steps_per_dispatch=K` for each K (MLP only: XLA:CPU
+runs convolutions inside `lax.scan` about 16x slower). `--explain` adds the decomposition of
+`overhead_explain.py` (a: compiled step alone, b: host loop, c: log points, d: logger
+threads, in us per step) and, when results/overhead_baseline.json exists, the same parts
+measured on the code before issue 17.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
+from pathlib import Path
 
 import jax
 import optax
@@ -183,6 +195,28 @@ def explain_table(parts: dict) -> str:
     return "\n".join(lines)
 
 
+def before_after(parts: dict) -> str:
+    """The decomposition next to the baseline's (results/overhead_baseline.json: the code
+    before issue 17, measured the same way), when there is one."""
+    path = Path(__file__).parent / "results" / "overhead_baseline.json"
+    if not path.exists():
+        return ""
+    base = json.loads(path.read_text())
+    old = base["explain"]
+
+    def cost(p: dict, name: str) -> float:
+        return {"a": p["a_step_ours"] - p["a_step_bare"],
+                "a'": p["a_step_ours_cpu"] - p["a_step_bare_cpu"],
+                "b": p["b_loop_ours"] - p["b_loop_bare"], "c": p["c_log_points"],
+                "d": p["d_logger_threads"]}[name]
+
+    lines = [f"Before ({base['code']}) and after, us per step over the bare loop:", "",
+             "| part | before | after |", "|---|---|---|"]
+    for name in ("a", "a'", "b", "c", "d"):
+        lines.append(f"| ({name}) | {cost(old, name):+.1f} | {cost(parts, name):+.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", nargs="*", default=["mlp", "cnn"], choices=list(MODELS))
@@ -221,6 +255,9 @@ def main() -> None:
     if parts:
         payload["explain"] = parts
         table += "\n\n" + explain_table(parts)
+        compared = before_after(parts)
+        if compared:
+            table += "\n\n" + compared
     write("overhead", payload, table)
 
 
