@@ -1,21 +1,33 @@
 """Trainer overhead: `Trainer.fit` with the full LR stack vs a bare jitted optax loop.
 
+    python benchmarks/overhead.py --explain      # the full table (issue 17), ~3 min on 2 cores
     python benchmarks/overhead.py [--models mlp cnn] [--steps 448] [--repeats 5]
                                   [--dispatch 1 4 16 64] [--cnn-steps 64]
+                                  [--user-repeats 9] [--user-dispatch 1 10] [--explain]
 
-Ours: `Trainer.fit` with [OneCycle (momentum cycling), ReduceLROnPlateau, LearningRateMonitor,
-ProgressBar] and a TensorBoardLogger. Bare: the same model, batches and SGD, with the one-cycle
-LR computed inside a plain `jax.jit` step. Both exclude compilation (one warm-up run each) and
+Rows ``mlp user-style`` (issue 17): the fit a user runs: MLP 784-128-10, batch 128, 10 epochs
+of 100 batches, OneCycle + ReduceLROnPlateau(monitor="train_loss", check_on=100) +
+LearningRateMonitor + TensorBoardLogger, progress bar on, default log_every_n_steps; one
+Trainer fits `--user-repeats` times, each fit timed against the bare loop on the same batches,
+interleaved; K=10 fuses 10 steps per dispatch. Rows ``mlp``/``cnn``: `Trainer.fit` with
+[OneCycle (momentum cycling), ReduceLROnPlateau, LearningRateMonitor, ProgressBar] and a
+TensorBoardLogger over one epoch. Bare: the same model, batches and SGD, with the one-cycle LR
+computed inside a plain `jax.jit` step. All exclude compilation (one warm-up run each) and
 validation. Reports steps/s ratios (ours / bare; goals >= 0.97 for the MLP, >= 0.99 for the
-CNN), train-step compiles per fit, and host fetches per fit. With --dispatch, the same fit runs
-with `steps_per_dispatch=K` for each K (fused steps; MLP only: XLA:CPU runs convolutions inside
-`lax.scan` about 16x slower, so fusing the CNN on CPU measures that, not our overhead).
+CNN, >= 1.2 for the MLP's best K), train-step compiles per fit, and host fetches per fit.
+With --dispatch, the same fit runs with `steps_per_dispatch=K` for each K (MLP only: XLA:CPU
+runs convolutions inside `lax.scan` about 16x slower). `--explain` adds the decomposition of
+`overhead_explain.py` (a: compiled step alone, b: host loop, c: log points, d: logger
+threads, in us per step) and, when results/overhead_baseline.json exists, the same parts
+measured on the code before issue 17.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
+from pathlib import Path
 
 import jax
 import optax
@@ -89,16 +101,141 @@ def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
     return rows
 
 
+def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
+               batches_per_epoch: int = 100, explain: bool = False) -> tuple[list[dict], dict]:
+    """The fit a user runs (issue 17): MLP 784-128-10, batch 128, `epochs` epochs of
+    `batches_per_epoch` batches, OneCycle + ReduceLROnPlateau(train_loss, every 100 steps) +
+    LearningRateMonitor + TensorBoardLogger, progress bar on, default log_every_n_steps. One
+    Trainer per K fits `repeats` times, each fit timed against a bare jitted optax loop on the
+    same batches (interleaved); compiles excluded (one warm-up fit each)."""
+    cls, batch_size = MODELS["mlp"]
+    model = cls()
+    batches = synthetic(batches_per_epoch, batch_size)
+    params = model.init(jax.random.PRNGKey(0), batches[0]["image"][:1])
+    loss_fn = loss_fn_for(model)
+    steps = epochs * batches_per_epoch
+    bare_tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
+    bare = bare_step(loss_fn, bare_tx, schedule=lambda c: schedules.one_cycle(
+        c, total_steps=steps, max_value=0.1))
+
+    def run_bare():
+        p, o, loss = params, bare_tx.init(params), None
+        for e in range(epochs):
+            for i, b in enumerate(batches):
+                p, o, loss = bare(p, o, b, e * batches_per_epoch + i)
+        return loss
+
+    state = TrainState.create(apply_fn=model.apply, params=params,
+                              tx=injectable(optax.sgd, learning_rate=0.1, momentum=0.9))
+    logdir = tempfile.mkdtemp(prefix="overhead-user-")
+
+    def make_trainer(k: int = 1, progress: bool = True) -> Trainer:
+        return Trainer(loss_fn, max_epochs=epochs, steps_per_dispatch=k,
+                       enable_progress_bar=progress,
+                       callbacks=[OneCycle(0.1), ReduceLROnPlateau(monitor="train_loss",
+                                                                   check_on=100),
+                                  LearningRateMonitor()],
+                       logger=TensorBoardLogger(logdir))
+
+    trainers = {k: make_trainer(k) for k in ks}
+    runs = {"bare": lambda: timed(run_bare)}
+    runs.update({f"K={k}": (lambda k=k: timed(lambda: trainers[k].fit(state, batches).params))
+                 for k in ks})
+    for run in runs.values():
+        run()  # compile
+    times = interleaved(runs, repeats)
+    rows = []
+    for k in ks:
+        ours = times[f"K={k}"]
+        ratio = [b / o for o, b in zip(ours, times["bare"])]
+        t = trainers[k]
+        rows.append({
+            "model": "mlp user-style" + ("" if k == 1 else f" K={k}"), "steps_per_dispatch": k,
+            "batch_size": batch_size, "steps": steps, "repeats": repeats,
+            "bare_steps_per_s": steps / summary(times["bare"])["median"],
+            "ours_steps_per_s": steps / summary(ours)["median"], "ratio": summary(ratio),
+            "bare_us_per_step": summary(times["bare"])["median"] / steps * 1e6,
+            "ours_us_per_step": summary(ours)["median"] / steps * 1e6,
+            "step_compiles_total": t.num_step_compiles + t._fused_step._cache_size(),
+            "host_fetches_per_fit": None, "log_every_n_steps": t.log_every_n_steps})
+    parts = {}
+    if explain:
+        import overhead_explain as ex
+
+        step = ex.compiled_step_us(
+            make_trainer(progress=False), state, batches, bare, params, bare_tx.init(params),
+            n=25, repeats=40 * repeats)
+        host = ex.host_loop_us(make_trainer, state, batches, epochs, repeats)
+        parts = {"a_step_ours": step["ours"], "a_step_bare": step["bare"],
+                 "a_step_ours_cpu": step["ours_cpu"], "a_step_bare_cpu": step["bare_cpu"],
+                 "b_loop_ours": host["loop"], "b_loop_bare": host["bare"],
+                 "c_log_points": host["log"], "d_logger_threads": host["threads"],
+                 "gap_measured": rows[0]["ours_us_per_step"] - rows[0]["bare_us_per_step"]}
+    return rows, parts
+
+
+def explain_table(parts: dict) -> str:
+    a = parts["a_step_ours"] - parts["a_step_bare"]
+    b = parts["b_loop_ours"] - parts["b_loop_bare"]
+    lines = [
+        "| part (us per step, user-style MLP fit) | ours | bare | cost |", "|---|---|---|---|",
+        f"| (a) compiled step in a tight loop (in-graph + call) | {parts['a_step_ours']:.1f} | "
+        f"{parts['a_step_bare']:.1f} | {a:+.1f} |",
+        f"| (a') the same, CPU time of all threads | {parts['a_step_ours_cpu']:.1f} | "
+        f"{parts['a_step_bare_cpu']:.1f} | "
+        f"{parts['a_step_ours_cpu'] - parts['a_step_bare_cpu']:+.1f} |",
+        f"| (b) host loop, no-op step, no log points (main-thread CPU) | "
+        f"{parts['b_loop_ours']:.1f} | {parts['b_loop_bare']:.1f} | {b:+.1f} |",
+        f"| (c) log points and epoch ends (main-thread CPU) | {parts['c_log_points']:.1f} | 0 "
+        f"| {parts['c_log_points']:+.1f} |",
+        f"| (d) logger writer threads (CPU) | {parts['d_logger_threads']:.1f} | 0 | "
+        f"{parts['d_logger_threads']:+.1f} |",
+        f"| sum of parts | | | {a + b + parts['c_log_points'] + parts['d_logger_threads']:+.1f} |",
+        f"| measured gap (user-style row: ours - bare) | | | {parts['gap_measured']:+.1f} |"]
+    return "\n".join(lines)
+
+
+def before_after(parts: dict) -> str:
+    """The decomposition next to the baseline's (results/overhead_baseline.json: the code
+    before issue 17, measured the same way), when there is one."""
+    path = Path(__file__).parent / "results" / "overhead_baseline.json"
+    if not path.exists():
+        return ""
+    base = json.loads(path.read_text())
+    old = base["explain"]
+
+    def cost(p: dict, name: str) -> float:
+        return {"a": p["a_step_ours"] - p["a_step_bare"],
+                "a'": p["a_step_ours_cpu"] - p["a_step_bare_cpu"],
+                "b": p["b_loop_ours"] - p["b_loop_bare"], "c": p["c_log_points"],
+                "d": p["d_logger_threads"]}[name]
+
+    lines = [f"Before ({base['code']}) and after, us per step over the bare loop:", "",
+             "| part | before | after |", "|---|---|---|"]
+    for name in ("a", "a'", "b", "c", "d"):
+        lines.append(f"| ({name}) | {cost(old, name):+.1f} | {cost(parts, name):+.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(MODELS))
+    ap.add_argument("--models", nargs="*", default=["mlp", "cnn"], choices=list(MODELS))
     ap.add_argument("--steps", type=int, default=448, help="MLP steps per fit")
     ap.add_argument("--cnn-steps", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dispatch", type=int, nargs="+", default=[1, 4, 16, 64],
                     help="steps_per_dispatch values for the MLP (each divides 64)")
+    ap.add_argument("--user-repeats", type=int, default=9,
+                    help="fits of the user-style row (0 skips it)")
+    ap.add_argument("--user-dispatch", type=int, nargs="+", default=[1, 10],
+                    help="steps_per_dispatch values of the user-style row (each divides 50)")
+    ap.add_argument("--explain", action="store_true",
+                    help="also decompose the user-style per-step cost (a)-(d)")
     args = ap.parse_args()
-    rows = []
+    rows, parts = [], {}
+    if args.user_repeats:
+        rows, parts = user_style(args.user_repeats, tuple(args.user_dispatch),
+                                 explain=args.explain)
     for m in args.models:
         if m == "mlp":
             rows += bench(m, args.steps, args.repeats, tuple(args.dispatch))
@@ -112,8 +249,16 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['bare_steps_per_s']:.1f} | "
                      f"{r['ours_steps_per_s']:.1f} | {r['ratio']['median']:.3f} "
                      f"[{r['ratio']['min']:.3f}, {r['ratio']['max']:.3f}] | "
-                     f"{r['step_compiles_total']} | {r['host_fetches_per_fit']} |")
-    write("overhead", {"rows": rows}, "\n".join(lines))
+                     f"{r['step_compiles_total']} | {r['host_fetches_per_fit'] or '-'} |")
+    table = "\n".join(lines)
+    payload = {"rows": rows}
+    if parts:
+        payload["explain"] = parts
+        table += "\n\n" + explain_table(parts)
+        compared = before_after(parts)
+        if compared:
+            table += "\n\n" + compared
+    write("overhead", payload, table)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ class CompiledSteps:
         self.eval_fn, self.placement = eval_fn, placement
         self.num_step_traces = 0  # times the train step was traced (== compiles per shape)
         self.num_fused_traces = 0
-        self._buffer_layouts: dict[Any, dict[str, jax.Array]] = {}
+        self._buffer_layouts: dict[Any, tuple[str, ...]] = {}
+        self.record_keys: tuple[str, ...] = ()  # the buffer's columns in the running fit
         sharding = placement.state_sharding()
         self.train = jax.jit(self._step, donate_argnums=0, out_shardings=sharding)
         self.fused = jax.jit(self._fused, donate_argnums=0, out_shardings=sharding)
@@ -45,6 +46,7 @@ class CompiledSteps:
                                    buffer_size=self.buffer_size, nan_policy=self.nan_policy)
 
     def _fused(self, ts: TrainerState, batches: Any) -> TrainerState:
+        """K steps; `batches` is a tuple of K batches (stacked inside the compiled call)."""
         self.num_fused_traces += 1
         return step_lib.fused_steps(ts, batches, loss=self.loss, callbacks=self.callbacks,
                                     buffer_size=self.buffer_size, nan_policy=self.nan_policy)
@@ -79,7 +81,7 @@ class CompiledSteps:
             step=jnp.zeros((), jnp.int32),
             steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
             total_steps=jnp.asarray(total_steps, jnp.int32),
-            buffer={},
+            buffer=jnp.zeros((self.buffer_size, 0), jnp.float32),
             nonfinite=nan_lib.initial(),
         )
         ts = ts._replace(buffer=self._empty_buffer(ts, first_batch))
@@ -88,13 +90,14 @@ class CompiledSteps:
         # uncommitted field would compile a second executable without retracing.
         return jax.device_put(ts, self.placement.state_sharding())
 
-    def _empty_buffer(self, ts: TrainerState, batch: Any) -> dict[str, jax.Array]:
-        """The zeroed record buffer; its layout is found once per input structure (tracing
-        the loss for it costs tens of ms, a visible share of a short fit)."""
+    def _empty_buffer(self, ts: TrainerState, batch: Any) -> jax.Array:
+        """The zeroed record buffer; its columns (`record_keys`) are found once per input
+        structure (tracing the loss for them costs tens of ms, a visible share of a short
+        fit)."""
         leaves, treedef = jax.tree_util.tree_flatten((ts, batch))
         key = (treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x)))) for x in leaves))
         if key not in self._buffer_layouts:
-            self._buffer_layouts[key] = step_lib.empty_buffer(
-                ts, batch, loss=self.loss, callbacks=self.callbacks,
-                buffer_size=self.buffer_size)
-        return {k: jnp.zeros_like(v) for k, v in self._buffer_layouts[key].items()}
+            self._buffer_layouts[key] = step_lib.record_keys(
+                ts, batch, loss=self.loss, callbacks=self.callbacks)
+        self.record_keys = self._buffer_layouts[key]
+        return step_lib.empty_buffer(len(self.record_keys), self.buffer_size)

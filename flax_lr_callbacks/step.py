@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # annotations only: Callback.curve -> preview -> this module
     from flax_lr_callbacks.callbacks.base import Callback
 
 __all__ = ["TrainerState", "LossFn", "step_context", "train_step", "fused_steps", "record",
-           "empty_buffer", "eval_sums"]
+           "record_keys", "empty_buffer", "eval_sums"]
 
 
 class TrainerState(NamedTuple):
@@ -36,7 +36,9 @@ class TrainerState(NamedTuple):
     step: jax.Array  # int32 step of this fit (the schedule clock)
     steps_per_epoch: jax.Array
     total_steps: jax.Array
-    buffer: dict[str, jax.Array]  # ring buffer of per-step records, log_every_n_steps rows
+    # Ring buffer of per-step records: float32 [log_every_n_steps, fields], one row per step,
+    # columns: the sorted names of `record` (the Trainer keeps them: `record_keys`).
+    buffer: jax.Array
     nonfinite: Any = None  # nan_policy.NonFinite: first non-finite step and their count
 
 
@@ -132,10 +134,9 @@ def record(loss: Any, metrics: dict[str, Any], hparams: hp_lib.Hyperparams) -> d
     return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
 
 
-def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
-               callbacks: Sequence[Callback], buffer_size: int,
-               nan_policy: str = "ignore") -> TrainerState:
-    """One step: rules -> write hyperparameters -> gradient update -> record into the buffer.
+def _step(ts: TrainerState, batch: Any, loss: LossFn, callbacks: Sequence[Callback],
+          nan_policy: str = "ignore") -> tuple[TrainerState, jax.Array]:
+    """One step without the buffer write: the new state and this step's record row.
 
     With `nan_policy` ``"stop"`` or ``"skip"`` (see `nan_policy`), a non-finite step's update
     of the train and callback states is not applied, and ``ts.nonfinite`` counts it.
@@ -163,10 +164,26 @@ def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
         state, cb_states = jax.lax.cond(apply, update, lambda *_: (
             ts.train_state, ts.callback_states), state, cb_states)
     values = record(value, metrics, hparams)
-    slot = ts.step % buffer_size
-    buffer = {k: b.at[slot].set(values[k]) for k, b in ts.buffer.items()}
+    row = jnp.stack([values[k] for k in sorted(values)])  # one packed row, columns sorted
     return ts._replace(train_state=state, callback_states=cb_states, step=ts.step + 1,
-                       buffer=buffer, nonfinite=nonfinite)
+                       nonfinite=nonfinite), row
+
+
+def _check_rows(rows: jax.Array, buffer: jax.Array) -> None:
+    if rows.shape[-1] != buffer.shape[1]:
+        raise ValueError(f"the step records {rows.shape[-1]} values but the buffer has "
+                         f"{buffer.shape[1]} columns; build it with `empty_buffer`")
+
+
+def train_step(ts: TrainerState, batch: Any, *, loss: LossFn,
+               callbacks: Sequence[Callback], buffer_size: int,
+               nan_policy: str = "ignore") -> TrainerState:
+    """One step: rules -> write hyperparameters -> gradient update -> record into the buffer."""
+    slot = ts.step % buffer_size
+    ts, row = _step(ts, batch, loss, callbacks, nan_policy)
+    _check_rows(row, ts.buffer)
+    return ts._replace(buffer=jax.lax.dynamic_update_slice(
+        ts.buffer, row[None], (slot, jnp.zeros_like(slot))))
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -204,28 +221,46 @@ def observe(callbacks: Sequence[Callback], ctx: StepContext, states: tuple, loss
     return observe_all(callbacks, ctx, obs, states)
 
 
-def fused_steps(ts: TrainerState, batches: Any, *, loss: LossFn,
+def fused_steps(ts: TrainerState, batches: Sequence[Any], *, loss: LossFn,
                 callbacks: Sequence[Callback], buffer_size: int,
                 nan_policy: str = "ignore") -> TrainerState:
-    """`train_step` over the leading axis of `batches` (K stacked batches) with `lax.scan`."""
-    def body(ts, batch):
-        return train_step(ts, batch, loss=loss, callbacks=callbacks,
-                          buffer_size=buffer_size, nan_policy=nan_policy), None
+    """`train_step` over K batches with `lax.scan`; the K record rows go into the buffer in
+    one write after the scan (the buffer is not part of the scan's carry).
 
-    return jax.lax.scan(body, ts, batches)[0]
+    `batches` is a sequence of K batch pytrees (stacked here, inside the compiled call, so
+    the host does not copy them into one array first) or one pytree stacked on a leading
+    axis of K.
+    """
+    if isinstance(batches, (list, tuple)):
+        batches = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
+    slots = (ts.step + jnp.arange(jax.tree_util.tree_leaves(batches)[0].shape[0])
+             ) % buffer_size
+    buffer = ts.buffer
+
+    def body(carry, batch):
+        return _step(carry, batch, loss, callbacks, nan_policy)
+
+    ts, rows = jax.lax.scan(body, ts._replace(buffer=()), batches)  # no buffer in the carry
+    _check_rows(rows, buffer)
+    return ts._replace(buffer=buffer.at[slots].set(rows, unique_indices=True))
 
 
-def empty_buffer(ts: TrainerState, batch: Any, *, loss: LossFn,
-                 callbacks: Sequence[Callback], buffer_size: int) -> dict[str, jax.Array]:
-    """Zeros shaped like the records of `train_step` (found by abstract evaluation)."""
+def record_keys(ts: TrainerState, batch: Any, *, loss: LossFn,
+                callbacks: Sequence[Callback]) -> tuple[str, ...]:
+    """The names of the buffer's columns, sorted: what `record` returns (found by abstract
+    evaluation)."""
     def record_only(ts, batch):
         hparams, _ = apply_rules(callbacks, step_context(ts), ts.base_hparams,
                                  ts.callback_states)
         value, metrics = bound(ts.train_state, loss)(ts.train_state.params, batch, ts.key)
         return record(value, metrics, hparams)
 
-    shapes = jax.eval_shape(record_only, ts, batch)
-    return {k: jnp.zeros((buffer_size,), jnp.float32) for k in shapes}
+    return tuple(sorted(jax.eval_shape(record_only, ts, batch)))
+
+
+def empty_buffer(num_fields: int, buffer_size: int) -> jax.Array:
+    """Zeros for `buffer_size` record rows of `num_fields` columns."""
+    return jnp.zeros((buffer_size, num_fields), jnp.float32)
 
 
 def batch_size(batch: Any) -> int:

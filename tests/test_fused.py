@@ -65,3 +65,14 @@ def test_log_interval_must_be_multiple_of_k():
         Trainer(loss_fn, steps_per_dispatch=4, log_every_n_steps=10)
     with pytest.raises(ValueError, match="steps_per_dispatch must be an int >= 1"):
         Trainer(loss_fn, steps_per_dispatch=0)
+
+
+def test_fused_group_wrapping_the_record_buffer():
+    """A group of K whose rows wrap around the buffer's end (6 batches per epoch, K=4, 8 rows:
+    steps 6-9 go to rows 6, 7, 0, 1) still logs every step's values exactly."""
+    t1, s1, m1 = fit(1, log_every=8)
+    tk, sk, mk = fit(4, log_every=8)
+    assert mk.history["lr"][0] == list(range(30))
+    np.testing.assert_array_equal(np.float32(mk.history["lr"][1]), np.float32(m1.history["lr"][1]))
+    np.testing.assert_array_equal(np.float32(mk.history["momentum"][1]),
+                                  np.float32(m1.history["momentum"][1]))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 
 from flax_lr_callbacks.callbacks.base import Callback, hparam_key, parse_hparam_key
+from flax_lr_callbacks.loggers.base import log_series
 from flax_lr_callbacks.validation import check_bool
 
 __all__ = ["LearningRateMonitor"]
@@ -26,7 +27,8 @@ class LearningRateMonitor(Callback):
     it, e.g. ``injectable(optax.adamw, ...)``) for a single optimizer group; ``lr/<group>``,
     ``momentum/<group>``, ``weight_decay/<group>`` when there are several
     (`optax.multi_transform` labels). Each step's values reach the logger in one
-    `log_metrics` call. They are also kept in `history` (``{tag: (steps, values)}``) for
+    `log_metrics` call (or, for loggers with `log_series` such as TensorBoard, a whole log
+    window in one call). They are also kept in `history` (``{tag: (steps, values)}``) for
     plotting without a logger.
 
     Differences from Lightning's monitor: it reads the value actually applied in the jitted
@@ -53,9 +55,11 @@ class LearningRateMonitor(Callback):
         self.log_momentum = check_bool("log_momentum", log_momentum)
         self.log_weight_decay = check_bool("log_weight_decay", log_weight_decay)
         self.history: dict[str, tuple[list[int], list[float]]] = {}
+        self._keys: list[str] | None = None  # record keys seen last, and their tags
+        self._tag_of: dict[str, str] = {}
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:
-        self.history = {}
+        self.history, self._keys = {}, None
 
     def _tags(self, keys: list[str]) -> dict[str, str]:
         """Record key -> tag for the hyperparameters worth logging."""
@@ -80,17 +84,19 @@ class LearningRateMonitor(Callback):
         return tags
 
     def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
-        steps = history["step"]
-        keep = np.ones(len(steps), bool)
+        steps = np.asarray(history["step"])
         if self.logging_interval == "epoch":
             keep = steps % trainer.steps_per_epoch == 0
-        tags = self._tags(list(history))
-        steps = [int(s) for s in steps[keep]]
-        columns = {tag: [float(v) for v in history[key][keep]] for key, tag in tags.items()}
+            history = {k: np.asarray(v)[keep] for k, v in history.items()}
+            steps = history["step"]
+        keys = list(history)
+        if keys != self._keys:  # the record layout is fixed within a fit
+            self._keys, self._tag_of = keys, self._tags(keys)
+        columns = {tag: history[key] for key, tag in self._tag_of.items()}
+        step_list = steps.tolist()
         for tag, values in columns.items():
             logged_steps, logged = self.history.setdefault(tag, ([], []))
-            logged_steps.extend(steps)
-            logged.extend(values)
-        if trainer.logger is not None and columns:
-            for i, step in enumerate(steps):
-                trainer.logger.log_metrics({tag: v[i] for tag, v in columns.items()}, step=step)
+            logged_steps.extend(step_list)
+            logged.extend(np.asarray(values, np.float64).tolist())
+        if trainer.logger is not None and columns and len(steps):
+            log_series(trainer.logger, columns, steps)

@@ -9,6 +9,9 @@ A logger is any object with three methods (a fourth is optional):
 - optionally ``log_figure(tag: str, figure, step: int = 0)`` for a matplotlib figure;
 - optionally ``setup()``: called by `Trainer.fit` before the first step, to create the run's
   folder and check it can be written, so a bad path fails before any training.
+- optionally ``log_series(series: Mapping[str, array], steps: array)``: many steps of
+  scalars at once (``series[tag][i]`` at ``steps[i]``); `log_series` below falls back to one
+  `log_metrics` call per step for loggers without it.
 
 `Trainer(logger=...)` takes one logger or a list; a list is wrapped in `LoggerCollection`.
 Only JAX process 0 should write; `is_writer_process()` tells a logger whether it is that one.
@@ -31,7 +34,7 @@ import jax
 from flax_lr_callbacks.loggers.errors import LoggerError, check_writable
 
 __all__ = ["Logger", "LoggerCollection", "LoggerError", "RunFolder", "combine_loggers",
-           "is_writer_process"]
+           "is_writer_process", "log_series"]
 
 _REQUIRED = ("log_metrics", "log_hyperparams", "finalize")
 
@@ -51,6 +54,17 @@ class Logger(Protocol):
 def is_writer_process() -> bool:
     """True on the JAX process that writes logs (process 0)."""
     return jax.process_index() == 0
+
+
+def log_series(logger: Any, series: Mapping[str, Any], steps: Any) -> None:
+    """Logs ``series[tag][i]`` at ``steps[i]``: in one call where `logger` has `log_series`,
+    else as one `log_metrics` call per step."""
+    if callable(getattr(logger, "log_series", None)):
+        logger.log_series(series, steps)
+        return
+    columns = {tag: [float(v) for v in values] for tag, values in series.items()}
+    for i, step in enumerate(steps):
+        logger.log_metrics({tag: v[i] for tag, v in columns.items()}, step=int(step))
 
 
 def _check_logger(logger: Any) -> None:
@@ -125,6 +139,10 @@ class LoggerCollection:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for logger in self.loggers:
             logger.log_metrics(metrics, step)
+
+    def log_series(self, series: Mapping[str, Any], steps: Any) -> None:
+        for logger in self.loggers:
+            log_series(logger, series, steps)
 
     def log_hyperparams(self, params: Mapping[str, Any],
                         metrics: Mapping[str, float] | None = None) -> None:

@@ -177,6 +177,27 @@ class TensorBoardLogger(VersionedRun):
         self._submit(self._add_scalars, values, int(step), time.time())
         self._tags.update(values)
 
+    def log_series(self, series: Mapping[str, Any], steps: Any) -> None:
+        """Adds ``series[tag][i]`` at ``steps[i]`` for every tag: a window of per-step values
+        (the LR monitor's), encoded in one vectorised pass on the writer thread."""
+        if not is_writer_process():
+            return
+        steps = np.asarray(steps, np.int64)
+        columns = {k: np.asarray(v, np.float32) for k, v in series.items()}
+        for tag, values in columns.items():
+            if values.shape != steps.shape:
+                raise ValueError(f"log_series: {tag!r} has {values.shape} values for "
+                                 f"{steps.shape} steps")
+        self._submit(self._add_series, columns, steps, time.time())
+        self._tags.update(columns)
+
+    @staticmethod
+    def _add_series(file: EventFile, columns: dict[str, np.ndarray], steps: np.ndarray,
+                    wall_time: float) -> None:
+        from flax_lr_callbacks.loggers.event_records import series_records
+
+        file.append(series_records(columns, steps, wall_time))
+
     def log_hyperparams(self, params: Mapping[str, Any],
                         metrics: Mapping[str, float] | None = None) -> None:
         """Records the run's settings in the HParams tab, compared by `metrics`.

@@ -47,6 +47,10 @@ class EventFile:
         """Appends `summary` at `step` (buffered until `flush`)."""
         self._write(self._event_pb2.Event(summary=summary, step=step, wall_time=wall_time))
 
+    def append(self, records: bytes) -> None:
+        """Appends already framed records (`event_records.series_records`)."""
+        self._file.write(records)
+
     def _write(self, event: Any) -> None:
         from tensorboardX.record_writer import masked_crc32c
 

@@ -1,0 +1,93 @@
+"""Bulk TensorBoard scalars (`event_records`, `log_series`) read back by TensorBoard itself."""
+
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboardX.record_writer import masked_crc32c
+
+from flax_lr_callbacks import CSVLogger, TensorBoardLogger
+from flax_lr_callbacks.loggers.base import LoggerCollection, log_series
+from flax_lr_callbacks.loggers.event_records import crc32c_rows
+
+
+def test_vectorised_crc_matches_tensorboardx():
+    """Every row's masked CRC32C equals tensorboardX's (rows alike and rows all different)."""
+    rng = np.random.default_rng(0)
+    alike = np.repeat(rng.integers(0, 256, (1, 41), dtype=np.uint8), 30, axis=0)
+    alike[:, [3, 17, 40]] = rng.integers(0, 256, (30, 3), dtype=np.uint8)
+    for rows in (alike, rng.integers(0, 256, (25, 9), dtype=np.uint8), alike[:1]):
+        got = crc32c_rows(rows)
+        assert [int(c) for c in got] == [masked_crc32c(r.tobytes()) for r in rows]
+
+
+def test_log_series_reads_back_every_step(tmp_path):
+    """A window per call, across the 1- to 2-byte step boundary, NaN kept, in step order."""
+    logger = TensorBoardLogger(tmp_path)
+    steps = np.arange(120, 140)
+    lr = np.linspace(0.1, 0.2, 20, dtype=np.float32)
+    mom = np.full(20, 0.9, np.float32)
+    mom[5] = np.nan
+    logger.log_series({"lr": lr, "momentum": mom}, steps)
+    logger.log_metrics({"train_loss": 1.5}, step=139)
+    logger.log_series({"lr": np.float32([0.3])}, [140])
+    logger.finalize()
+    acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    got = {tag: acc.Scalars(tag) for tag in acc.Tags()["scalars"]}
+    assert [e.step for e in got["lr"]] == list(range(120, 141))
+    np.testing.assert_array_equal(np.float32([e.value for e in got["lr"]]),
+                                  np.append(lr, np.float32(0.3)))
+    np.testing.assert_array_equal(np.float32([e.value for e in got["momentum"]]), mom)
+    assert [(e.step, e.value) for e in got["train_loss"]] == [(139, 1.5)]
+
+
+class Recording:
+    def __init__(self):
+        self.calls = []
+
+    def log_metrics(self, metrics, step):
+        self.calls.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, metrics=None):
+        pass
+
+    def finalize(self):
+        pass
+
+
+def test_log_series_falls_back_to_log_metrics(tmp_path):
+    """A logger without log_series gets one log_metrics call per step, also in a collection."""
+    plain = Recording()
+    log_series(plain, {"lr": np.float32([0.5, 0.25])}, np.array([3, 4]))
+    assert plain.calls == [(3, {"lr": 0.5}), (4, {"lr": 0.25})]
+    both = LoggerCollection([Recording(), CSVLogger(tmp_path)])
+    both.log_series({"lr": [1.0, 2.0], "momentum": [0.9, 0.8]}, [0, 1])
+    assert both.loggers[0].calls == [(0, {"lr": 1.0, "momentum": 0.9}),
+                                     (1, {"lr": 2.0, "momentum": 0.8})]
+    both.finalize()
+
+
+class SeriesRecording(Recording):
+    def __init__(self):
+        super().__init__()
+        self.series = []
+
+    def log_series(self, series, steps):
+        self.series.append((np.asarray(steps).tolist(), {k: np.asarray(v) for k, v in
+                                                         series.items()}))
+
+
+def test_monitor_hands_each_log_window_over_in_one_call():
+    """LearningRateMonitor sends one log_series per log point covering every step once."""
+    from conftest import loss_fn, make_data, make_state
+
+    from flax_lr_callbacks import ArrayDataset, LearningRateMonitor, OneCycle, Trainer
+
+    logger, monitor = SeriesRecording(), LearningRateMonitor()
+    trainer = Trainer(loss_fn, max_epochs=2, log_every_n_steps=4, logger=logger,
+                      callbacks=[OneCycle(0.3), monitor], enable_progress_bar=False)
+    trainer.fit(make_state(), ArrayDataset(make_data(), 16, seed=2))
+    # 6 batches per epoch: log points after steps 4, 6 (epoch end), 8, 12 (and epoch end)
+    assert [s for s, _ in logger.series] == [[0, 1, 2, 3], [4, 5], [6, 7], [8, 9, 10, 11]]
+    lr = np.concatenate([cols["lr"] for _, cols in logger.series])
+    np.testing.assert_array_equal(lr, np.float32(monitor.history["lr"][1]))
+    assert set(logger.series[0][1]) == {"lr", "momentum"}
