@@ -369,7 +369,7 @@ def test_checkpoints_survive_a_logger_failure_and_resume(data, state, tmp_path, 
 
     full = run(tmp_path / "full", None)
     with monkeypatch.context() as m:
-        m.setattr(writer_lib.EventFile, "add", disk_full(writer_lib.EventFile.add, 25))
+        m.setattr(writer_lib.EventFile, "add", disk_full(writer_lib.EventFile.add, 6))
         with pytest.raises(LoggerError, match="No space left on device") as info:
             run(tmp_path / "broken", TensorBoardLogger(tmp_path / "logs", background=False))
     steps = sorted(int(p.name) for p in (tmp_path / "broken").iterdir() if p.name.isdigit())
@@ -393,3 +393,14 @@ def test_background_writer_flushes_every_flush_secs(tmp_path):
         time.sleep(0.05)
     assert read_scalars(logger.log_dir)["x"][0] == [0, 1]
     logger.finalize()
+
+
+def test_a_failed_bulk_write_is_raised_too(data, state, tmp_path, monkeypatch):
+    """The LR monitor's windows go through `log_series` (`EventFile.append`): a write error
+    there surfaces like any other, with the path and the trained state."""
+    monkeypatch.setattr(writer_lib.EventFile, "append",
+                        disk_full(writer_lib.EventFile.append, 1))
+    with pytest.raises(LoggerError, match="No space left on device") as info:
+        fit(TensorBoardLogger(tmp_path / "logs", background=False), data, state)
+    assert "events.out.tfevents" in str(info.value)
+    assert 2 <= int(info.value.state.step) <= STEPS
