@@ -39,6 +39,9 @@ from flax_lr_callbacks import (LearningRateMonitor, OneCycle, ReduceLROnPlateau,
                                TensorBoardLogger, Trainer, injectable, schedules)
 
 
+NAN_POLICY = "stop"  # --nan-policy
+
+
 def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
           log_every: int = 64) -> list[dict]:
     cls, batch_size = MODELS[model_name]
@@ -61,6 +64,7 @@ def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
                               tx=injectable(optax.sgd, learning_rate=0.1, momentum=0.9))
     logdir = tempfile.mkdtemp(prefix="overhead-")
     trainers = {k: Trainer(loss_fn, max_epochs=1, log_every_n_steps=log_every,
+                           nan_policy=NAN_POLICY,
                            steps_per_dispatch=k,
                            callbacks=[OneCycle(0.1),
                                       ReduceLROnPlateau(monitor="train_loss", check_on="epoch"),
@@ -131,7 +135,7 @@ def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
 
     def make_trainer(k: int = 1, progress: bool = True) -> Trainer:
         return Trainer(loss_fn, max_epochs=epochs, steps_per_dispatch=k,
-                       enable_progress_bar=progress,
+                       enable_progress_bar=progress, nan_policy=NAN_POLICY,
                        callbacks=[OneCycle(0.1), ReduceLROnPlateau(monitor="train_loss",
                                                                    check_on=100),
                                   LearningRateMonitor()],
@@ -229,9 +233,14 @@ def main() -> None:
                     help="fits of the user-style row (0 skips it)")
     ap.add_argument("--user-dispatch", type=int, nargs="+", default=[1, 10],
                     help="steps_per_dispatch values of the user-style row (each divides 50)")
+    ap.add_argument("--nan-policy", default="stop", choices=["stop", "skip", "ignore"],
+                    help="the Trainer's nan_policy (default 'stop'; 'ignore' shows the cost "
+                         "of the in-graph non-finite check)")
     ap.add_argument("--explain", action="store_true",
                     help="also decompose the user-style per-step cost (a)-(d)")
     args = ap.parse_args()
+    global NAN_POLICY
+    NAN_POLICY = args.nan_policy
     rows, parts = [], {}
     if args.user_repeats:
         rows, parts = user_style(args.user_repeats, tuple(args.user_dispatch),
