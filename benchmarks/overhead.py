@@ -42,6 +42,16 @@ from flax_lr_callbacks import (LearningRateMonitor, OneCycle, ReduceLROnPlateau,
 NAN_POLICY = "stop"  # --nan-policy
 
 
+def against_bare(run_bare, fits, repeats):
+    """Wall times of the bare loop and of each ``fits[k]()`` (labelled ``"K=<k>"``), after one
+    warm-up (compile) run each, interleaved `repeats` times."""
+    runs = {"bare": lambda: timed(run_bare)}
+    runs.update({f"K={k}": (lambda f=f: timed(f)) for k, f in fits.items()})
+    for run in runs.values():
+        run()  # compile
+    return interleaved(runs, repeats)
+
+
 def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
           log_every: int = 64) -> list[dict]:
     cls, batch_size = MODELS[model_name]
@@ -85,11 +95,7 @@ def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
         finally:
             jax.device_get = real_get
 
-    runs = {"bare": lambda: timed(run_bare)}
-    runs.update({f"K={k}": (lambda k=k: timed(lambda: run_ours(k))) for k in ks})
-    for run in runs.values():
-        run()  # compile
-    times = interleaved(runs, repeats)
+    times = against_bare(run_bare, {k: (lambda k=k: run_ours(k)) for k in ks}, repeats)
     rows = []
     for k in ks:
         ours = times[f"K={k}"]
@@ -142,12 +148,9 @@ def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
                        logger=TensorBoardLogger(logdir))
 
     trainers = {k: make_trainer(k) for k in ks}
-    runs = {"bare": lambda: timed(run_bare)}
-    runs.update({f"K={k}": (lambda k=k: timed(lambda: trainers[k].fit(state, batches).params))
-                 for k in ks})
-    for run in runs.values():
-        run()  # compile
-    times = interleaved(runs, repeats)
+    times = against_bare(
+        run_bare, {k: (lambda k=k: trainers[k].fit(state, batches).params) for k in ks},
+        repeats)
     rows = []
     for k in ks:
         ours = times[f"K={k}"]
