@@ -46,7 +46,9 @@ __all__ = ["CheckpointError", "open_manager", "write", "resolve", "restore", "re
 
 log = logging.getLogger("flax_lr_callbacks")
 
-FORMAT = 2  # 1: a flat {index: array} "arrays" item (refused with a message)
+# 1: a flat {index: array} "arrays" item; 2: one record array per quantity and no NaN-policy
+# counters (both refused with a message); 3: the packed record buffer and `nonfinite`.
+FORMAT = 3
 STATE, META = "state", "meta"
 _RESERVED = ("callbacks", "trainer")
 
@@ -301,6 +303,11 @@ def _check_meta(meta: dict[str, Any], trainer: Any, where: Path) -> None:
             f"{where} was written by flax_lr_callbacks 0.1.0 before checkpoints became named "
             f"pytrees (format 1: a flat 'arrays' item); this version reads format {FORMAT}. "
             "Resume it with the version that wrote it, or start a new fit")
+    if meta.get("format") == 2:
+        raise CheckpointError(
+            f"{where} was written by flax_lr_callbacks before the record buffer was packed and "
+            f"the NaN-policy counters were added (format 2); this version reads format "
+            f"{FORMAT}. Resume it with the version that wrote it, or start a new fit")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{where}: unknown checkpoint format {meta.get('format')!r} "
                               f"(this version reads format {FORMAT})")

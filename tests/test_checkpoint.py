@@ -408,13 +408,17 @@ def test_save_top_k_by_monitor_plus_last(tmp_path):
     assert ckpt.best_step == best_two[-1]
 
 
-def test_format_1_checkpoint_is_refused_clearly(tmp_path):
-    """A checkpoint written before the named-tree format names the version that reads it."""
+@pytest.mark.parametrize("old, match", [
+    (1, r"24 was written by flax_lr_callbacks 0.1.0 before .*named pytrees \(format 1"),
+    (2, r"24 was written by flax_lr_callbacks before the record buffer was packed .*"
+        r"\(format 2\); this version reads format 3"),
+])
+def test_older_formats_are_refused_clearly(tmp_path, old, match):
+    """A checkpoint of an older layout names the change and what to do, before any read."""
     run(tmp_path, "c", "cyclic")
     meta_file = tmp_path / "c" / "24" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
-    meta["format"] = 1
+    meta["format"] = old
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"24 was written by flax_lr_callbacks 0.1.0 "
-                                              r"before .*named pytrees \(format 1"):
+    with pytest.raises(CheckpointError, match=match):
         run(tmp_path, "c", "cyclic", resume=True)
