@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from flax_lr_callbacks import Trainer
+from flax_lr_callbacks import RunPlan, Trainer
 
 
 def _median(xs: list[float]) -> float:
@@ -34,7 +34,8 @@ def compiled_step_us(trainer: Trainer, state: Any, batches: list, bare: Any, par
     tight loop over one device-resident batch. Short blocks of `n` calls alternate (ours,
     bare, ours, ...) `repeats` times, so load changes on the machine hit both; medians of
     wall time and of CPU time (all threads: the step's own work, robust to other load)."""
-    ts = trainer.init_trainer_state(state, len(batches), n * (repeats + 1), batches[0])
+    trainer._reset_host(RunPlan(len(batches), n * (repeats + 1)))
+    ts = trainer.init_trainer_state(state, batches[0])
     batch = jax.device_put(batches[0], trainer.state_sharding())
     step = trainer.steps.train
     ts = jax.block_until_ready(step(ts, batch))  # compile

@@ -4,9 +4,10 @@ Layout of ``<directory>/<global_step>/``:
 
 - ``state``: a named pytree that plain `orbax.checkpoint` restores without this library:
   the train state's own fields at the top (``params``, ``opt_state`` with the injected
-  hyperparameters, ``step``, and e.g. ``batch_stats``), ``callbacks`` (each stateful
-  callback's device state, keyed ``"<position>_<type>"``) and ``trainer`` (base
-  hyperparameters, PRNG key, step counters, the unfetched metric buffer)::
+  hyperparameters, ``step``, and e.g. ``batch_stats``), ``lr_state`` (the `LRState`: base
+  hyperparameters, ``callback_states`` with each stateful callback's device state keyed
+  ``"<position>_<type>"``, the schedule clock and plan) and ``trainer`` (PRNG key, the
+  unfetched metric buffer, the NaN-policy counters)::
 
       import orbax.checkpoint as ocp
       tree = ocp.StandardCheckpointer().restore("ckpt/24/state")
@@ -47,10 +48,11 @@ __all__ = ["CheckpointError", "open_manager", "write", "resolve", "restore", "re
 log = logging.getLogger("flax_lr_callbacks")
 
 # 1: a flat {index: array} "arrays" item; 2: one record array per quantity and no NaN-policy
-# counters (both refused with a message); 3: the packed record buffer and `nonfinite`.
-FORMAT = 3
+# counters; 3: "callbacks" and "trainer" (with the LR clock and base values) at the top (all
+# three refused with a message); 4: the LR side in "lr_state", as `TrainerState` carries it.
+FORMAT = 4
 STATE, META = "state", "meta"
-_RESERVED = ("callbacks", "trainer")
+_RESERVED = ("lr_state", "trainer")
 
 
 class CheckpointError(ValueError):
@@ -107,17 +109,20 @@ def _fields(train_state: Any) -> tuple[dict[str, Any], Any]:
 
 
 def _saved_tree(trainer: Any) -> dict[str, Any]:
-    """The named tree saved as ``state``. Callback states are keyed by position among stateful
-    callbacks (adding or removing a stateless one such as the progress bar does not matter)."""
+    """The named tree saved as ``state``: the `TrainerState` with the train state's fields at
+    the top. Callback states are keyed by position among stateful callbacks (adding or
+    removing a stateless one such as the progress bar does not matter)."""
     ts = trainer.trainer_state
+    lr = ts.lr_state
     index = {id(c): i for i, c in enumerate(trainer.callbacks)}
-    states = {_state_key(k, c): ts.callback_states[index[id(c)]]
+    states = {_state_key(k, c): lr.callback_states[index[id(c)]]
               for k, c in enumerate(stateful(trainer.callbacks))}
     fields, _ = _fields(ts.train_state)
-    return {**fields, "callbacks": states, "trainer": {
-        "base_hparams": ts.base_hparams, "key": ts.key, "step": ts.step,
-        "steps_per_epoch": ts.steps_per_epoch, "total_steps": ts.total_steps,
-        "buffer": ts.buffer, "nonfinite": ts.nonfinite}}
+    return {**fields,
+            "lr_state": {"base_hparams": lr.base_hparams, "callback_states": states,
+                         "step": lr.step, "steps_per_epoch": lr.steps_per_epoch,
+                         "total_steps": lr.total_steps},
+            "trainer": {"key": ts.key, "buffer": ts.buffer, "nonfinite": ts.nonfinite}}
 
 
 def _from_saved_tree(trainer: Any, tree: dict[str, Any]) -> Any:
@@ -126,10 +131,12 @@ def _from_saved_tree(trainer: Any, tree: dict[str, Any]) -> Any:
     names, treedef = _fields(ts.train_state)
     train_state = jax.tree_util.tree_unflatten(treedef, [tree[n] for n in names])
     index = {id(c): i for i, c in enumerate(trainer.callbacks)}
-    states = list(ts.callback_states)
+    saved = dict(tree["lr_state"])
+    states = list(ts.lr_state.callback_states)
     for k, c in enumerate(stateful(trainer.callbacks)):
-        states[index[id(c)]] = tree["callbacks"][_state_key(k, c)]
-    return ts._replace(train_state=train_state, callback_states=tuple(states),
+        states[index[id(c)]] = saved["callback_states"][_state_key(k, c)]
+    saved["callback_states"] = tuple(states)
+    return ts._replace(train_state=train_state, lr_state=ts.lr_state._replace(**saved),
                        **tree["trainer"])
 
 
@@ -308,6 +315,12 @@ def _check_meta(meta: dict[str, Any], trainer: Any, where: Path) -> None:
             f"{where} was written by flax_lr_callbacks before the record buffer was packed and "
             f"the NaN-policy counters were added (format 2); this version reads format "
             f"{FORMAT}. Resume it with the version that wrote it, or start a new fit")
+    if meta.get("format") == 3:
+        raise CheckpointError(
+            f"{where} was written by flax_lr_callbacks before the Trainer and LRCallbacks shared "
+            f"one LR state (format 3: callback states under 'callbacks', the LR clock under "
+            f"'trainer'); this version reads format {FORMAT}, with both under 'lr_state'. "
+            "Resume it with the version that wrote it, or start a new fit")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{where}: unknown checkpoint format {meta.get('format')!r} "
                               f"(this version reads format {FORMAT})")

@@ -17,6 +17,7 @@ import numpy as np
 from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.data.source import validation_batches
+from flax_lr_callbacks.lr_state import LRState
 from flax_lr_callbacks.step import TrainerState
 
 __all__ = ["CompiledSteps"]
@@ -67,23 +68,15 @@ class CompiledSteps:
         count = float(totals.pop("_count"))
         return {f"val_{k}": float(v) / count for k, v in totals.items()}
 
-    def initial_state(self, state: Any, base: Any, cb_states: tuple, *, seed: int,
-                      steps_per_epoch: int, total_steps: int, first_batch: Any) -> TrainerState:
+    def initial_state(self, state: Any, lr_state: LRState, *, seed: int,
+                      first_batch: Any) -> TrainerState:
         """The carried pytree for a fresh fit (copies `state`: the caller's survives)."""
         # The step donates its whole input, so nothing in it may alias the caller's arrays
-        # (or another leaf of the input): copy the state (base values are fresh copies).
+        # (or another leaf of the input): copy the state (the LR state's values are fresh).
         state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
-        ts = TrainerState(
-            train_state=state,
-            base_hparams=base,
-            callback_states=cb_states,
-            key=jax.random.PRNGKey(seed),
-            step=jnp.zeros((), jnp.int32),
-            steps_per_epoch=jnp.asarray(steps_per_epoch, jnp.int32),
-            total_steps=jnp.asarray(total_steps, jnp.int32),
-            buffer=jnp.zeros((self.buffer_size, 0), jnp.float32),
-            nonfinite=nan_lib.initial(),
-        )
+        ts = TrainerState(train_state=state, lr_state=lr_state, key=jax.random.PRNGKey(seed),
+                          buffer=jnp.zeros((self.buffer_size, 0), jnp.float32),
+                          nonfinite=nan_lib.initial())
         ts = ts._replace(buffer=self._empty_buffer(ts, first_batch))
         # Commit everything to one explicit placement. jit keys its cache on committedness
         # and sharding, so a host write (device_put with the field's sharding) into an

@@ -50,48 +50,20 @@ loop, ``nnx.split`` the model and optimizer once, `jax.jit` a pure step that doe
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from flax_lr_callbacks import hyperparams as hp_lib
-from flax_lr_callbacks import step as step_lib
-from flax_lr_callbacks.callbacks.base import Callback, apply_rules
+from flax_lr_callbacks import lr_state as lr_lib
+from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.contract import RunPlan
+from flax_lr_callbacks.lr_state import BoundCallbacks, LRState
 from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks
 from flax_lr_callbacks.validation import check_count
 
 __all__ = ["LRCallbacks", "LRState", "apply_lr", "observe_lr"]
-
-
-@jax.tree_util.register_static
-class BoundCallbacks:
-    """The callbacks an `LRState` belongs to, carried as static pytree metadata (no leaves):
-    `apply_lr` needs no other argument, and jit keys its cache on these same objects."""
-
-    def __init__(self, callbacks: tuple[Callback, ...]):
-        self.items = callbacks
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BoundCallbacks) and len(other.items) == len(self.items) and all(
-            a is b for a, b in zip(self.items, other.items))
-
-    def __hash__(self) -> int:
-        return hash(tuple(id(c) for c in self.items))
-
-
-class LRState(NamedTuple):
-    """What the LR callbacks carry through a hand-written step (a pytree)."""
-
-    base_hparams: hp_lib.Hyperparams
-    callback_states: tuple
-    step: jax.Array  # int32 steps applied so far (the schedule clock)
-    steps_per_epoch: jax.Array
-    total_steps: jax.Array
-    applied: hp_lib.Hyperparams | None = None  # the values the last `apply` wrote
-    stale: jax.Array | None = None  # int32: steps whose optimizer state lacked those values
-    callbacks: BoundCallbacks | None = None  # static: what `apply_lr` runs
 
 
 def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
@@ -113,13 +85,10 @@ def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
     for g, names in lr_state.applied.items():
         for n, v in names.items():
             missed = missed | (jnp.asarray(current[g][n], jnp.float32) != v)
-    hparams, states = apply_rules(callbacks, step_lib.step_context(lr_state),
-                                  lr_state.base_hparams, lr_state.callback_states)
+    hparams, new_lr = lr_lib.advance(callbacks, lr_state)
     applied = {g: {n: jnp.asarray(hparams[g][n], jnp.float32) for n in names}
                for g, names in lr_state.applied.items()}
-    new_lr = lr_state._replace(callback_states=states, step=lr_state.step + 1,
-                               applied=applied,
-                               stale=lr_state.stale + missed.astype(jnp.int32))
+    new_lr = new_lr._replace(applied=applied, stale=lr_state.stale + missed.astype(jnp.int32))
     if _is_nnx_optimizer(opt_state):
         hp_lib.set_hyperparams(opt_state.opt_state, hparams)
         return new_lr
@@ -130,10 +99,8 @@ def observe_lr(lr_state: LRState, loss: Any, *, metrics: dict[str, Any] | None =
                grads: Any = None, old_params: Any = None, new_params: Any = None) -> LRState:
     """`LRCallbacks.observe` as a pure function (see `apply_lr`)."""
     _check_lr_state("observe", lr_state, loss)
-    ctx = step_lib.step_context(lr_state._replace(step=lr_state.step - 1))
-    states = step_lib.observe(lr_state.callbacks.items, ctx, lr_state.callback_states, loss,
-                              metrics or {}, grads, old_params, new_params)
-    return lr_state._replace(callback_states=states)
+    return lr_lib.observed(lr_state.callbacks.items, lr_state, loss, metrics or {}, grads,
+                           old_params, new_params)
 
 
 def _check_lr_state(call: str, lr_state: Any, other: Any) -> None:
@@ -216,13 +183,7 @@ class LRCallbacks(CallbackHost):
         injected values are the base values rules start from.
         """
         opt_state = self._opt_state(opt_state)
-        base, cb_states = self.init_rules(opt_state)
-        state = LRState(
-            base_hparams=base,
-            callback_states=cb_states,
-            step=jnp.zeros((), jnp.int32),
-            steps_per_epoch=jnp.asarray(self.steps_per_epoch, jnp.int32),
-            total_steps=jnp.asarray(self.total_steps, jnp.int32),
+        state = self.init_lr_state(opt_state)._replace(
             applied=jax.tree_util.tree_map(lambda v: jnp.array(v, jnp.float32, copy=True),
                                            hp_lib.get_hyperparams(opt_state)),
             stale=jnp.zeros((), jnp.int32),

@@ -12,7 +12,7 @@ every global batch (`ArrayDataset` does this by default: ``process_index`` /
 arrays with `jax.make_array_from_process_local_data`.
 
 Host writes into replicated state go through ``device_put`` with the field's own sharding
-(`step._put_like`), so they never change the step's signature.
+(`lr_state._put_like`), so they never change the step's signature.
 """
 
 from __future__ import annotations

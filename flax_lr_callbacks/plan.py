@@ -16,7 +16,7 @@ import numpy as np
 from flax_lr_callbacks.callbacks.peak import waiting_for_peak
 from flax_lr_callbacks.contract import RunPlan, StepContext
 from flax_lr_callbacks.rules import apply_rules
-from flax_lr_callbacks.step import init_rule_state
+from flax_lr_callbacks.lr_state import init_rule_state
 
 if TYPE_CHECKING:  # only for annotations: Callback.curve imports this module
     from flax_lr_callbacks.callbacks.base import Callback

@@ -1,17 +1,16 @@
 """The host runtime shared by `Trainer` and `LRCallbacks`: counters, plan, host writes.
 
-Both hold the carried device state (`trainer_state`: a `TrainerState` or an `LRState`, each
-with ``base_hparams`` and ``callback_states``), set the callbacks up with
-`step.init_rule_state`, and implement `contract.HostContext` here, once.
+Both hold the carried device state (`trainer_state`: a `TrainerState`, whose `lr_state` is
+the LR side, or the drop-in's `LRState` itself), build that LR side with `lr_state.init`
+(`init_lr_state`), and implement `contract.HostContext` over it here, once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from collections.abc import Sequence
-
-from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks import lr_state as lr_lib
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.contract import Progress, RunPlan, progress_property
 
@@ -98,18 +97,29 @@ class CallbackHost:
         for cb in users:
             getattr(cb, hook)(self, state, *args)
 
-    def init_rules(self, opt_state: Any) -> tuple[Any, tuple]:
-        """Configures and checks the callbacks against `opt_state` for `plan`; returns the
-        float32 base hyperparameters and the callbacks' initial device states."""
+    def init_lr_state(self, opt_state: Any) -> lr_lib.LRState:
+        """Configures and checks the callbacks against `opt_state` for `plan` (its planned
+        values too); returns the fresh `LRState` at step 0."""
         from flax_lr_callbacks.plan import check_plan
 
-        base, states = step_lib.init_rule_state(self.callbacks, opt_state, self._plan)
-        check_plan(self.callbacks, base, states, self._plan)
-        return base, states
+        lr = lr_lib.init(self.callbacks, opt_state, self._plan)
+        check_plan(self.callbacks, lr.base_hparams, lr.callback_states, self._plan)
+        return lr
+
+    @property
+    def lr_state(self) -> lr_lib.LRState:
+        """The LR side of the running fit's carried state."""
+        ts = self.trainer_state
+        return ts if isinstance(ts, lr_lib.LRState) else ts.lr_state
+
+    @lr_state.setter
+    def lr_state(self, lr: lr_lib.LRState) -> None:
+        ts = self.trainer_state
+        self.trainer_state = lr if isinstance(ts, lr_lib.LRState) else ts._replace(lr_state=lr)
 
     def callback_state(self, callback: Any) -> Any:
         """The device state of `callback` (also one nested in a composite) in the running fit."""
-        return step_lib.get_callback_state(self.trainer_state, self.callbacks, callback)
+        return lr_lib.get_callback_state(self.lr_state, self.callbacks, callback)
 
     def update_callback_state(self, callback: Any, **values: Any) -> None:
         """Writes host values into fields of `callback`'s device state without recompiling.
@@ -117,13 +127,12 @@ class CallbackHost:
         Each value is cast to the field's dtype and placed with its sharding, so the jitted
         step sees the same signature. `callback` may be nested inside a composite.
         """
-        self.trainer_state = step_lib.replace_callback_state(
-            self.trainer_state, self.callbacks, callback, **values)
+        self.lr_state = lr_lib.replace_callback_state(self.lr_state, self.callbacks, callback,
+                                                      **values)
 
     def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
         """Sets the base value of an injected hyperparameter (the value rules start from)."""
-        self.trainer_state = step_lib.replace_base_hyperparam(self.trainer_state, name, value,
-                                                              group)
+        self.lr_state = lr_lib.replace_base_hyperparam(self.lr_state, name, value, group)
 
     def request_stop(self) -> None:
         """Asks the fit to stop after the current step."""

@@ -147,13 +147,11 @@ class Trainer(CallbackHost):
         self._eval_step = self.steps.eval
 
     # ------------------------------------------------------------------ set-up
-    def init_trainer_state(self, state: Any, steps_per_epoch: int, total_steps: int,
-                           first_batch: Any) -> TrainerState:
-        """Builds the carried pytree for a fresh fit (copies `state`: the caller's survives)."""
-        base, cb_states = self.init_rules(state.opt_state)
-        return self.steps.initial_state(state, base, cb_states, seed=self.seed,
-                                        steps_per_epoch=steps_per_epoch,
-                                        total_steps=total_steps, first_batch=first_batch)
+    def init_trainer_state(self, state: Any, first_batch: Any) -> TrainerState:
+        """Builds the carried pytree for a fresh fit of `plan` (copies `state`: the caller's
+        survives)."""
+        return self.steps.initial_state(state, self.init_lr_state(state.opt_state),
+                                        seed=self.seed, first_batch=first_batch)
 
     @property
     def num_step_traces(self) -> int:
@@ -247,12 +245,12 @@ class Trainer(CallbackHost):
         start = (0, 0)
         self.resuming, self.resumed_from = resume_from is not None, None
         if resume_from is None:
-            self.trainer_state = self.init_trainer_state(state, spe, total, first_batch)
+            self.trainer_state = self.init_trainer_state(state, first_batch)
         else:
             from flax_lr_callbacks import checkpointing
 
             *start, data_state = checkpointing.resume(
-                self, lambda: self.init_trainer_state(state, spe, total, first_batch),
+                self, lambda: self.init_trainer_state(state, first_batch),
                 resume_from, allow_changed_settings)
             source.restore(data_state)
         if self.logger is not None and callable(getattr(self.logger, "setup", None)):

@@ -31,7 +31,7 @@ class Pause(Callback):
 
     def on_train_batch_end(self, trainer, state):
         if trainer.global_step == self.step:
-            trainer.trainer_state.step.block_until_ready()
+            trainer.trainer_state.lr_state.step.block_until_ready()
             print("PAUSED", flush=True)
             time.sleep(600)
 

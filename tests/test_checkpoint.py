@@ -378,8 +378,8 @@ def test_plain_orbax_restores_a_usable_params_tree(tmp_path):
                       enable_progress_bar=False)
     trained = trainer.fit(make_state(), *_data())
     tree = ocp.StandardCheckpointer().restore((tmp_path / "c" / "12" / "state").absolute())
-    assert {"params", "opt_state", "step", "callbacks", "trainer"} <= set(tree)
-    assert list(tree["callbacks"]) == ["000_OneCycle"]
+    assert {"params", "opt_state", "step", "lr_state", "trainer"} <= set(tree)
+    assert list(tree["lr_state"]["callback_states"]) == ["000_OneCycle"]
     chex.assert_trees_all_equal(tree["params"], jax.device_get(trained.params))
     d = make_data()
 
@@ -411,7 +411,9 @@ def test_save_top_k_by_monitor_plus_last(tmp_path):
 @pytest.mark.parametrize("old, match", [
     (1, r"24 was written by flax_lr_callbacks 0.1.0 before .*named pytrees \(format 1"),
     (2, r"24 was written by flax_lr_callbacks before the record buffer was packed .*"
-        r"\(format 2\); this version reads format 3"),
+        r"\(format 2\); this version reads format 4"),
+    (3, r"24 was written by flax_lr_callbacks before the Trainer and LRCallbacks shared one "
+        r"LR state \(format 3: .*\); this version reads format 4, with both under 'lr_state'"),
 ])
 def test_older_formats_are_refused_clearly(tmp_path, old, match):
     """A checkpoint of an older layout names the change and what to do, before any read."""

@@ -150,7 +150,7 @@ def test_norms_are_computed_only_when_asked(observes, expected, data, state):
 
 def test_norm_values_match_optax():
     """grad_norm and update_norm are the global norms of the gradients and the update."""
-    from flax_lr_callbacks import step as step_lib
+    from flax_lr_callbacks import lr_state as lr_lib
 
     seen = {}
 
@@ -164,7 +164,7 @@ def test_norm_values_match_optax():
     grads = {"a": jnp.arange(3.0), "b": jnp.ones((2, 2))}
     old = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
     new = {"a": jnp.full(3, 0.5), "b": jnp.zeros((2, 2))}
-    step_lib.observe([Grab()], None, ((),), jnp.float32(1), {}, grads, old, new)
+    lr_lib.observe([Grab()], None, ((),), jnp.float32(1), {}, grads, old, new)
     np.testing.assert_allclose(seen["grad"], optax.tree.norm(grads), rtol=1e-6)
     np.testing.assert_allclose(seen["update"], optax.tree.norm(new), rtol=1e-6)
 

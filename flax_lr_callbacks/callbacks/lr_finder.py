@@ -100,8 +100,9 @@ class LRFinder(Callback):
             target.set_peak(trainer, lr)
             from flax_lr_callbacks.plan import check_plan
 
-            ts = trainer.trainer_state  # the schedule's plan is known now: check it
-            check_plan(trainer.callbacks, ts.base_hparams, ts.callback_states, trainer.plan)
+            carried = trainer.lr_state  # the schedule's plan is known now: check it
+            check_plan(trainer.callbacks, carried.base_hparams, carried.callback_states,
+                       trainer.plan)
         else:
             trainer.set_base_hyperparam("learning_rate", lr)
         self.applied_lr = lr

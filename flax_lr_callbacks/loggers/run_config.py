@@ -150,7 +150,7 @@ def run_config(trainer: Any) -> dict[str, int | float | str | bool]:
     config: dict[str, Any] = _plan(trainer)
     base = {}
     if getattr(trainer, "trainer_state", None) is not None:
-        base = jax.device_get(trainer.trainer_state.base_hparams)
+        base = jax.device_get(trainer.lr_state.base_hparams)
     for g, names in base.items():
         for n, v in names.items():
             # the shortest decimal that is this float32 (0.1, not 0.10000000149011612)
