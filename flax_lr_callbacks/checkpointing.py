@@ -435,9 +435,9 @@ def restore(trainer: Any, template_fn: Any, resume_from: str | os.PathLike,
 
 
 def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike,
-           allow_changed_settings: bool = False) -> tuple[int, int, Any]:
-    """`restore`, then the trainer's host counters; returns ``(epoch, batch, data state)``:
-    where the loop continues (the data state goes to `DataSource.restore`)."""
+           allow_changed_settings: bool = False) -> tuple[int, int]:
+    """`restore`, then the trainer's host counters and data position (``trainer.data``);
+    returns ``(epoch, batch)``: where the loop continues."""
     meta = restore(trainer, template_fn, resume_from, allow_changed_settings)
     trainer.resumed_from = meta["path"]
     trainer.global_step = trainer.start_step = meta["global_step"]
@@ -447,6 +447,7 @@ def resume(trainer: Any, template_fn: Any, resume_from: str | os.PathLike,
     epoch, batch = meta["epoch"], meta["batch_in_epoch"]
     if meta["epoch_finished"]:
         epoch, batch = epoch + 1, 0
+    trainer.data.restore(meta["data_iterator"])
     log.info("resuming from %s at epoch %d, batch %d (step %d)", trainer.resumed_from, epoch,
              batch, trainer.global_step)
-    return epoch, batch, meta["data_iterator"]
+    return epoch, batch

@@ -68,6 +68,15 @@ class CompiledSteps:
         count = float(totals.pop("_count"))
         return {f"val_{k}": float(v) / count for k, v in totals.items()}
 
+    def fetch_window(self, ts: TrainerState, start: int, end: int) -> tuple[dict[str, Any], Any]:
+        """The records of steps ``start..end-1`` (``{"step": ..., <record key>: column}``) and
+        the NaN-policy counters, in one device-to-host transfer."""
+        buffer, nonfinite = jax.device_get((ts.buffer, ts.nonfinite))
+        rows = buffer[np.arange(start, end) % self.buffer_size]
+        history = {"step": np.arange(start, end)}
+        history.update({k: rows[:, i] for i, k in enumerate(self.record_keys)})
+        return history, nonfinite
+
     def initial_state(self, state: Any, lr_state: LRState, *, seed: int,
                       first_batch: Any) -> TrainerState:
         """The carried pytree for a fresh fit (copies `state`: the caller's survives)."""

@@ -1,6 +1,6 @@
 """The LR range test as compiled steps.
 
-`Trainer.lr_find` calls `run`. The sweep trains a *copy* of the state (the caller's arrays are
+`Trainer.lr_find` is `find`, which checks the arguments and calls `run`. The sweep trains a *copy* of the state (the caller's arrays are
 never donated or changed) with one jitted step whose LR is a traced input (one compile for the
 whole sweep, reused by later sweeps of the same shapes). Steps are dispatched asynchronously and
 their losses stay on device; every `chunk_size` steps they are fetched in one transfer and the
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.data.source import DataSource
 from flax_lr_callbacks.validation import check_bool, check_choice, check_count, check_number
 
-__all__ = ["run", "chunk_size"]
+__all__ = ["find", "run", "chunk_size", "validate_args"]
 
 
 def chunk_size(num_steps: int, largest: int = 16) -> int:
@@ -125,11 +125,41 @@ def validate_args(min_lr: float, max_lr: float, num_steps: int, mode: str, smoot
                 suggestion=check_choice("suggestion", suggestion, list(finder.SUGGESTIONS)))
 
 
-def find(trainer: Any, state: Any, train_data: Any, *, progress: bool | None = None,
-         **kwargs: Any) -> finder.LRFinderResult:
-    """`Trainer.lr_find`: checks the arguments, runs the sweep (`run`) and logs the plot and
-    the suggestion when the trainer has a logger."""
-    args = validate_args(**kwargs)
+def find(trainer: Any, state: Any, train_data: Any, *, min_lr: float = 1e-7,
+         max_lr: float = 10.0, num_steps: int = 100,
+         mode: Literal["exponential", "linear"] = "exponential", smoothing: float = 0.98,
+         diverge_threshold: float = 4.0, suggestion: str = finder.DEFAULT_METHOD,
+         progress: bool | None = None) -> finder.LRFinderResult:
+    """Leslie Smith's LR range test on a copy of `state`; returns an `LRFinderResult`.
+
+    This is `Trainer.lr_find` (``trainer.lr_find(state, data)``). Trains for up to
+    `num_steps` steps while the LR sweeps from `min_lr` to `max_lr` (exponentially or
+    linearly), as compiled chunks of steps with the LR a traced input. Stops at the first
+    non-finite loss or when the smoothed loss exceeds ``diverge_threshold x`` its best. Every
+    group's LR follows the sweep. The caller's `state` is not modified (bitwise), nothing is
+    written to disk, and the trainer's own counters are not touched, so it works before,
+    during or after training.
+
+    Args:
+      state: the train state to test (not modified).
+      train_data: batches, as for `fit` (cycled if the sweep is longer than an epoch).
+        Inside a fit, batches read from a stream are handed back to training.
+      min_lr: first LR (> 0). Default 1e-7.
+      max_lr: last LR (> min_lr). Default 10.
+      num_steps: sweep length (>= 2). Default 100.
+      mode: ``"exponential"`` (default) or ``"linear"`` spacing.
+      smoothing: EMA factor in [0, 1) for the smoothed loss. Default 0.98.
+      diverge_threshold: stop when smoothed loss > this x best (> 1). Default 4.
+      suggestion: which of `finder.SUGGESTIONS` becomes ``result.suggestion``; the
+        default is `finder.DEFAULT_METHOD` (see `flax_lr_callbacks.finder`).
+      progress: show a progress bar; default: the Trainer's `enable_progress_bar`.
+
+    With a logger, the plot is logged as the ``lr_finder`` figure and the suggestion as
+    the ``lr_finder/suggestion`` scalar (step 0).
+    """
+    args = validate_args(min_lr=min_lr, max_lr=max_lr, num_steps=num_steps, mode=mode,
+                         smoothing=smoothing, diverge_threshold=diverge_threshold,
+                         suggestion=suggestion)
     progress = trainer.enable_progress_bar if progress is None else check_bool(
         "progress", progress)
     result = run(trainer, state, train_data, **args, progress=progress)

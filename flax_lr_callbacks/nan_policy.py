@@ -25,6 +25,7 @@ XLA copy the optimizer's buffers each step).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -34,7 +35,8 @@ import numpy as np
 from flax_lr_callbacks.validation import check_choice
 
 __all__ = ["NAN_POLICIES", "NonFinite", "NonFiniteLossError", "check_policy", "error",
-           "decide", "initial", "skipped_message", "step_is_finite", "train_means"]
+           "decide", "initial", "skipped_message", "step_is_finite", "train_means",
+           "window_metrics"]
 
 NAN_POLICIES = ("stop", "skip", "ignore")
 SKIPPED_KEY = "train/skipped_steps"
@@ -144,6 +146,26 @@ def skipped_message(skipped: int, step: int, history: dict[str, Any]) -> str:
     return (f"nan_policy='skip': {skipped} non-finite step(s) skipped by step {step}"
             + (f" (non-finite loss at steps {where[:5].tolist()})" if where.size else "")
             + "; their updates were not applied. train/skipped_steps counts them")
+
+
+def window_metrics(trainer: Any, history: dict[str, Any], counters: Any, *, warned: bool
+                   ) -> tuple[dict[str, float], bool]:
+    """The train metrics of a log window under ``trainer.nan_policy``, from the records and
+    the `NonFinite` counters fetched with them, and whether the fit has warned of skipped
+    steps. Raises the `NonFiniteLossError` of a stopped run; under ``"skip"`` adds the skipped
+    count, with one warning (unless `warned`) when the first skipped step is seen."""
+    policy = trainer.nan_policy
+    if policy == "stop" and counters.first_step >= 0:
+        raise error(trainer, int(counters.first_step), history)
+    train = train_means(history, policy)
+    if policy == "skip":
+        skipped = int(counters.count)
+        train[SKIPPED_KEY] = float(skipped)
+        if skipped and not warned:
+            warned = True
+            end = int(history["step"][-1]) + 1
+            warnings.warn(skipped_message(skipped, end, history), RuntimeWarning, stacklevel=4)
+    return train, warned
 
 
 def raise_if_stopped(trainer: Any) -> None:

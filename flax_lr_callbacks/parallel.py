@@ -47,6 +47,13 @@ class Placement:
         self.mesh = mesh
         self.data_axis = data_axis
 
+    @classmethod
+    def from_setting(cls, mesh: Any, data_axis: str = "data") -> Placement:
+        """For ``Trainer(mesh=...)``: ``"auto"`` is `default_mesh` (data parallel over every
+        device when there are several), else a `Mesh` or None (the first device)."""
+        auto = isinstance(mesh, str) and mesh == "auto"
+        return cls(default_mesh(data_axis) if auto else mesh, data_axis)
+
     @property
     def num_data_shards(self) -> int:
         return 1 if self.mesh is None else self.mesh.shape[self.data_axis]

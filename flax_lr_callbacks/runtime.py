@@ -97,6 +97,14 @@ class CallbackHost:
         for cb in users:
             getattr(cb, hook)(self, state, *args)
 
+    def _call(self, hook: str, *args: Any) -> None:
+        """`call_hook` with the running fit's train state (None in a hand-written loop)."""
+        self.call_hook(hook, getattr(self.trainer_state, "train_state", None), *args)
+
+    def _finished(self) -> bool:
+        """The planned steps ran, or a hook asked the fit to stop."""
+        return self.global_step >= self.total_steps or self.should_stop
+
     def init_lr_state(self, opt_state: Any) -> lr_lib.LRState:
         """Configures and checks the callbacks against `opt_state` for `plan` (its planned
         values too); returns the fresh `LRState` at step 0."""

@@ -1,48 +1,37 @@
 """Trainer: a minimal fit/validate loop that hosts LR callbacks inside one jitted step.
 
-How the three invariants are kept:
-
-1. *One compile.* Everything that changes during a fit (step counters, callback state, the
-   base hyperparameters, the metric buffer) is a traced argument of one jitted step that is
-   built once per Trainer. Host writes go through `update_callback_state`, which keeps dtype
-   and sharding.
-2. *No hidden host sync.* Per-step records (loss, metrics, applied hyperparameters) are written
-   into a device ring buffer of ``log_every_n_steps`` rows inside the step. The host fetches
-   the buffer in one transfer at log points (every ``log_every_n_steps`` steps and at the end
-   of each epoch) and never in between.
-3. *Resume.* All of that state is one pytree (`TrainerState`), so a checkpoint of it plus the
-   host counters, the callbacks' `state_dict`s and the data position is complete
-   (`ModelCheckpoint`, ``fit(..., resume_from=...)``; see `checkpointing`).
+The loop is this module; what it runs lives beside it. *One compile*: everything that changes
+during a fit (the `lr_state` shared with `LRCallbacks`, the record buffer) is a traced
+argument of steps built once per Trainer (`compiled`); host writes keep dtype and sharding
+(`runtime`). *No hidden host sync*: per-step records go into a device ring buffer fetched in
+one transfer at log points. *Resume*: all of it is one pytree (`TrainerState`), checkpointed
+with the host counters, the callbacks' `state_dict`s and the data position (`checkpointing`).
 """
 
 from __future__ import annotations
 
-import logging
-import math
+import functools
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
-import numpy as np
 
+from flax_lr_callbacks import lr_sweep
 from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.contract import RunPlan
 from flax_lr_callbacks.data.source import DataSource, shapes
-from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 from flax_lr_callbacks.loggers.base import combine_loggers
 from flax_lr_callbacks.loggers.run_config import final_metrics, run_config
+from flax_lr_callbacks.parallel import Placement
 from flax_lr_callbacks.runtime import CallbackHost, arrange_callbacks, end_fit
 from flax_lr_callbacks.step import TrainerState
-from flax_lr_callbacks.trainer_settings import checked_settings
+from flax_lr_callbacks.trainer_settings import check_fit_args, checked_settings, run_plan
 
 __all__ = ["Trainer", "TrainerState"]
-
-log = logging.getLogger(__name__)
 
 
 class Trainer(CallbackHost):
@@ -75,22 +64,20 @@ class Trainer(CallbackHost):
         Multi-host: see `flax_lr_callbacks.parallel`.
       data_axis: the mesh axis batches are split over. Default ``"data"``.
       steps_per_dispatch: K >= 1 steps fused into one compiled call (`lax.scan` over K
-        batches, stacked inside the call: the host copies nothing), for small models where
-        Python dispatch dominates (the MLP of `benchmarks/overhead.py` runs about 1.3x the
-        bare loop's steps/s with K=10 on a 2-core CPU). Schedules stay
-        exact per step (in-graph) and every step is still recorded and logged;
-        ``on_train_batch_end`` runs once per dispatch, after K steps (``last_dispatch_steps``
-        says how many). `log_every_n_steps` must be a multiple of K. Batches left at an
-        epoch's end (fewer than K) run through the single step, which compiles once too.
-        On CPU, XLA runs convolutions inside `scan` much slower; keep K=1 for conv nets there.
-      nan_policy: what a step with a non-finite loss, gradient or applied hyperparameter does
-        (decided in-graph, see `flax_lr_callbacks.nan_policy`). ``"stop"`` (default): no
-        update from that step on, and the next log point raises `NonFiniteLossError` naming
-        the step, epoch and batch, with the last finite state as its ``.state``; nothing is
-        checkpointed after it. ``"skip"``: such updates are not applied and are counted
-        (``train/skipped_steps`` at log points, a warning at the first). ``"ignore"``: no
-        check. Lightning and Keras train on by default (Keras: `TerminateOnNaN` stops, but
-        keeps the NaN weights).
+        batches, stacked inside the call), for small models where Python dispatch dominates
+        (about 1.3x the bare loop's steps/s for the MLP of `benchmarks/overhead.py` at K=10
+        on a 2-core CPU). Schedules stay exact per step and every step is recorded;
+        ``on_train_batch_end`` runs once per dispatch (``last_dispatch_steps`` says how many
+        steps). `log_every_n_steps` must be a multiple of K; batches left at an epoch's end
+        run through the single step. On CPU keep K=1 for conv nets (XLA runs convolutions
+        inside `scan` much slower).
+      nan_policy: what a step with a non-finite loss, gradient or applied hyperparameter does,
+        decided in-graph (`flax_lr_callbacks.nan_policy`). ``"stop"`` (default): no update
+        from that step on; the next log point raises `NonFiniteLossError` naming the step,
+        epoch and batch, with the last finite state as ``.state`` (nothing is checkpointed
+        after it). ``"skip"``: such updates are not applied, only counted
+        (``train/skipped_steps``, a warning at the first). ``"ignore"``: no check (Lightning's
+        and Keras' default; Keras' `TerminateOnNaN` stops but keeps the NaN weights).
 
     Example:
       >>> trainer = Trainer(loss_fn, max_epochs=3, callbacks=[LRSchedule(sched)])  # doctest: +SKIP
@@ -130,21 +117,15 @@ class Trainer(CallbackHost):
 
         # Host counters (`progress`), plan and metrics, readable by callbacks (`HostContext`).
         self._reset_host(RunPlan(0, 0, 0))
-        self.trainer_state: TrainerState | None = None
         self.train_data: Any = None  # the data of the running fit, for callbacks (LRFinder)
         self.val_data: Any = None
         self.data: DataSource | None = None  # the running fit's data and its position
         self._batch_shapes: Any = None
-        from flax_lr_callbacks import parallel
-
-        self.placement = parallel.Placement(
-            parallel.default_mesh(self.data_axis) if isinstance(mesh, str) and mesh == "auto"
-            else mesh, self.data_axis)
+        self.placement = Placement.from_setting(mesh, self.data_axis)
         self.steps = CompiledSteps(self._loss, self.callbacks,
                                    buffer_size=self.log_every_n_steps, eval_fn=self.eval_fn,
                                    placement=self.placement, nan_policy=self.nan_policy)
         self._train_step, self._fused_step = self.steps.train, self.steps.fused
-        self._eval_step = self.steps.eval
 
     # ------------------------------------------------------------------ set-up
     def init_trainer_state(self, state: Any, first_batch: Any) -> TrainerState:
@@ -173,10 +154,6 @@ class Trainer(CallbackHost):
         return self.placement.state_sharding()
 
     # ------------------------------------------------------------------ the loop
-    def _call(self, hook: str, *args: Any) -> None:
-        state = self.trainer_state.train_state if self.trainer_state is not None else None
-        self.call_hook(hook, state, *args)
-
     def fit(self, state: Any, train_data: Any, val_data: Any = None, *,
             resume_from: str | os.PathLike | None = None,
             allow_changed_settings: bool = False) -> Any:
@@ -199,9 +176,7 @@ class Trainer(CallbackHost):
             each stateful callback's settings); a mismatch raises `CheckpointError` naming it.
           allow_changed_settings: resume although the seed or a stateful callback's settings
             differ from the checkpoint's (a warning lists them); what the checkpoint holds
-            (callbacks' device state, the PRNG key) continues as saved. Lightning matches
-            callback state by a `state_key` (built from a few settings for some callbacks)
-            and compares nothing else; Keras' `BackupAndRestore` compares no settings.
+            (callbacks' device state, the PRNG key) continues as saved.
         """
         start_epoch, start_batch = self._begin(state, train_data, val_data, resume_from,
                                                allow_changed_settings)
@@ -227,38 +202,27 @@ class Trainer(CallbackHost):
                allow_changed_settings: bool) -> tuple[int, int]:
         """Plans the fit, builds (or restores) the carried state and sets the logger up;
         returns the epoch and batch training starts at."""
-        if allow_changed_settings and resume_from is None:
-            raise ValueError("allow_changed_settings=True only applies when resuming; pass "
-                             "resume_from=... as well, or drop it")
-        self.data = source = DataSource(train_data)
-        spe = source.plan(self.steps_per_epoch_arg)
-        epochs = self.max_epochs if self.max_epochs is not None else math.ceil(
-            self.max_steps / spe)
-        total = epochs * spe if self.max_steps is None else min(epochs * spe, self.max_steps)
-        source.check(total, epochs)
-        self._reset_host(RunPlan(spe, total, epochs, validates=val_data is not None))
+        check_fit_args(resume_from, allow_changed_settings)
+        self.data = DataSource(train_data)
+        self._reset_host(run_plan(self.data, steps_per_epoch=self.steps_per_epoch_arg,
+                                  max_epochs=self.max_epochs, max_steps=self.max_steps,
+                                  validates=val_data is not None))
         self._warned_skipped = False
         self.train_data, self.val_data = train_data, val_data
         self._index_hooks()
-        first_batch = source.peek()
+        first_batch = self.data.peek()
         self._batch_shapes = shapes(first_batch)
-        start = (0, 0)
         self.resuming, self.resumed_from = resume_from is not None, None
+        build = functools.partial(self.init_trainer_state, state, first_batch)
         if resume_from is None:
-            self.trainer_state = self.init_trainer_state(state, first_batch)
+            self.trainer_state, start = build(), (0, 0)
         else:
             from flax_lr_callbacks import checkpointing
 
-            *start, data_state = checkpointing.resume(
-                self, lambda: self.init_trainer_state(state, first_batch),
-                resume_from, allow_changed_settings)
-            source.restore(data_state)
+            start = checkpointing.resume(self, build, resume_from, allow_changed_settings)
         if self.logger is not None and callable(getattr(self.logger, "setup", None)):
             self.logger.setup()  # an unwritable log folder fails here, before any step
-        return tuple(start)
-
-    def _finished(self) -> bool:
-        return self.global_step >= self.total_steps or self.should_stop
+        return start
 
     def _train_epoch(self, epoch: int, start: int) -> None:
         """Trains epoch `epoch` from its batch `start`, in groups of `steps_per_dispatch`."""
@@ -294,11 +258,9 @@ class Trainer(CallbackHost):
         self._call("on_validation_end")
 
     def _dispatch(self, batches: list[Any]) -> None:
-        """Runs `batches` as one fused call (K of them) or as single steps, then the hooks.
-
-        A group holding a batch of other shapes (a short last batch) runs step by step, so
-        the fused executable keeps its one shape. The K batches go to the fused call as they
-        are (a tuple) and are stacked inside it: no host copy into one array."""
+        """Runs `batches` as one fused call (K of them, stacked inside it) or as single steps,
+        then the hooks; a group with a batch of other shapes (a short last one) runs step by
+        step, so the fused executable keeps its one shape."""
         put = self.placement.put_batch if self.placement.mesh is not None else None
         if len(batches) == self.steps_per_dispatch > 1 and all(
                 shapes(b) == self._batch_shapes for b in batches):
@@ -329,66 +291,16 @@ class Trainer(CallbackHost):
         start, end = self.progress.window_start, self.global_step
         if end <= start:
             return
-        # the NaN-policy counters come in the same transfer as the records
-        buffer, nonfinite = jax.device_get((self.trainer_state.buffer,
-                                            self.trainer_state.nonfinite))
-        rows = buffer[np.arange(start, end) % self.log_every_n_steps]
-        history = {"step": np.arange(start, end)}
-        history.update({k: rows[:, i] for i, k in enumerate(self.steps.record_keys)})
-        if self.nan_policy == "stop" and nonfinite.first_step >= 0:
-            raise nan_lib.error(self, int(nonfinite.first_step), history)
+        history, nonfinite = self.steps.fetch_window(self.trainer_state, start, end)
+        train, self._warned_skipped = nan_lib.window_metrics(  # raises for a stopped run
+            self, history, nonfinite, warned=self._warned_skipped)
         self.progress.window_start = end
-        train = nan_lib.train_means(history, self.nan_policy)
-        if self.nan_policy == "skip":
-            skipped = int(nonfinite.count)
-            train[nan_lib.SKIPPED_KEY] = float(skipped)
-            if skipped and not self._warned_skipped:
-                self._warned_skipped = True
-                warnings.warn(nan_lib.skipped_message(skipped, end, history), RuntimeWarning,
-                              stacklevel=3)
         self.callback_metrics.update(train)
         if self.logger is not None:
             self.logger.log_metrics(train | {"epoch": self.current_epoch}, step=end - 1)
         self._call("on_log", history)
 
-    def lr_find(self, state: Any, train_data: Any, *, min_lr: float = 1e-7,
-                max_lr: float = 10.0, num_steps: int = 100,
-                mode: Literal["exponential", "linear"] = "exponential",
-                smoothing: float = 0.98, diverge_threshold: float = 4.0,
-                suggestion: str = DEFAULT_METHOD, progress: bool | None = None
-                ) -> LRFinderResult:
-        """Leslie Smith's LR range test on a copy of `state`; returns an `LRFinderResult`.
-
-        Trains for up to `num_steps` steps while the LR sweeps from `min_lr` to `max_lr`
-        (exponentially or linearly), as compiled chunks of steps with the LR a traced input.
-        Stops at the first non-finite loss or when the smoothed loss exceeds
-        ``diverge_threshold x`` its best. Every group's LR follows the sweep. The caller's
-        `state` is not modified (bitwise), nothing is written to disk, and the trainer's own
-        counters are not touched, so it works before, during or after training.
-
-        Args:
-          state: the train state to test (not modified).
-          train_data: batches, as for `fit` (cycled if the sweep is longer than an epoch).
-            Inside a fit, batches read from a stream are handed back to training.
-          min_lr: first LR (> 0). Default 1e-7.
-          max_lr: last LR (> min_lr). Default 10.
-          num_steps: sweep length (>= 2). Default 100.
-          mode: ``"exponential"`` (default) or ``"linear"`` spacing.
-          smoothing: EMA factor in [0, 1) for the smoothed loss. Default 0.98.
-          diverge_threshold: stop when smoothed loss > this x best (> 1). Default 4.
-          suggestion: which of `finder.SUGGESTIONS` becomes ``result.suggestion``; the
-            default is `finder.DEFAULT_METHOD` (see `flax_lr_callbacks.finder`).
-          progress: show a progress bar; default: the Trainer's `enable_progress_bar`.
-
-        With a logger, the plot is logged as the ``lr_finder`` figure and the suggestion as
-        the ``lr_finder/suggestion`` scalar (step 0).
-        """
-        from flax_lr_callbacks import lr_sweep
-
-        return lr_sweep.find(self, state, train_data, min_lr=min_lr, max_lr=max_lr,
-                             num_steps=num_steps, mode=mode, smoothing=smoothing,
-                             diverge_threshold=diverge_threshold, suggestion=suggestion,
-                             progress=progress)
+    lr_find = lr_sweep.find  # Leslie Smith's LR range test on a copy of a state
 
     def validate(self, state: Any, val_data: Any) -> dict[str, float]:
         """Returns ``{"val_loss": ..., "val_<metric>": ...}`` averaged over all examples
