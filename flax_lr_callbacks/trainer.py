@@ -5,7 +5,7 @@ during a fit (the `lr_state` shared with `LRCallbacks`, the record buffer) is a 
 argument of steps built once per Trainer (`compiled`); host writes keep dtype and sharding
 (`runtime`). *No hidden host sync*: per-step records go into a device ring buffer fetched in
 one transfer at log points. *Resume*: all of it is one pytree (`TrainerState`), checkpointed
-with the host counters, the callbacks' `state_dict`s and the data position (`checkpointing`).
+with the host counters, the callbacks' `state_dict`s and the data position (`checkpoint_io`).
 """
 
 from __future__ import annotations
@@ -217,9 +217,9 @@ class Trainer(CallbackHost):
         if resume_from is None:
             self.trainer_state, start = build(), (0, 0)
         else:
-            from flax_lr_callbacks import checkpointing
+            from flax_lr_callbacks import checkpoint_io
 
-            start = checkpointing.resume(self, build, resume_from, allow_changed_settings)
+            start = checkpoint_io.resume(self, build, resume_from, allow_changed_settings)
         if self.logger is not None and callable(getattr(self.logger, "setup", None)):
             self.logger.setup()  # an unwritable log folder fails here, before any step
         return start

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flax_lr_callbacks import checkpoint_lock, checkpointing
+from flax_lr_callbacks import checkpoint_io, checkpoint_lock, checkpointing
 from flax_lr_callbacks.validation import check_bool, check_choice, check_count, check_str
 from flax_lr_callbacks.callbacks.base import Callback
 
@@ -28,7 +28,7 @@ class ModelCheckpoint(Callback):
     optimizer state with the injected hyperparameters), every callback's device state and host
     `state_dict` (schedule position and peak, plateau best/wait/cooldown/scale, the LR finder's
     result), the PRNG key, the data position and the step/epoch counters. The arrays are a
-    named pytree in ``<step>/state`` (``params``, ``opt_state``, ``callbacks``, ``trainer``)
+    named pytree in ``<step>/state`` (``params``, ``opt_state``, ``lr_state``, ``trainer``)
     that plain orbax restores without this library:
     ``ocp.StandardCheckpointer().restore(path / "state")["params"]``. Writes are atomic
     (orbax renames a finished temporary directory), and with ``async_save`` only the copy to
@@ -147,7 +147,7 @@ class ModelCheckpoint(Callback):
                 f"resuming from step {resumed.name}, but {str(self.directory)!r} also holds "
                 f"later checkpoints {later} of the run that followed it; resume from the latest,"
                 " or move those away first (nothing was overwritten)")
-        self._manager = checkpointing.open_manager(self.directory, async_save=self.async_save,
+        self._manager = checkpoint_io.open_manager(self.directory, async_save=self.async_save,
                                                    preservation_policy=self._policy())
 
     def _take_lock(self) -> None:
@@ -241,7 +241,7 @@ class ModelCheckpoint(Callback):
                 score < best if self.mode == "min" else score > best)):
             self.best_step, self.best_score = trainer.global_step, score
         # The best-so-far goes into the checkpoint being written, so update it first.
-        step = checkpointing.write(
+        step = checkpoint_io.write(
             self._manager, trainer, epoch_finished=epoch_finished,
             metrics=None if score is None else {self.monitor: score})
         self.saved_steps.append(step)

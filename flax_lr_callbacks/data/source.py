@@ -1,6 +1,6 @@
 """The one place that reads the user's data: epochs of batches, positions, peeks, LR sweeps.
 
-`Trainer.fit`, the LR sweep, validation and `checkpointing.resume` all go through a
+`Trainer.fit`, the LR sweep, validation and `checkpoint_io.resume` all go through a
 `DataSource`; nothing else touches the user's data. What an epoch is depends on what was
 passed (README, "Data: what an epoch is"):
 
