@@ -57,6 +57,7 @@ import jax.numpy as jnp
 
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import lr_state as lr_lib
+from flax_lr_callbacks import nnx_state
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.contract import RunPlan
 from flax_lr_callbacks.lr_state import BoundCallbacks, LRState
@@ -79,7 +80,7 @@ def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
     if lr_state.callbacks is None:
         raise TypeError("this LRState has no callbacks bound; build it with LRCallbacks.init")
     callbacks = lr_state.callbacks.items
-    inner = opt_state.opt_state if _is_nnx_optimizer(opt_state) else opt_state
+    inner = nnx_state.optax_state(opt_state)
     current = hp_lib.get_hyperparams(inner)
     missed = jnp.zeros((), jnp.bool_)
     for g, names in lr_state.applied.items():
@@ -89,7 +90,7 @@ def apply_lr(opt_state: Any, lr_state: LRState) -> Any:
     applied = {g: {n: jnp.asarray(hparams[g][n], jnp.float32) for n in names}
                for g, names in lr_state.applied.items()}
     new_lr = new_lr._replace(applied=applied, stale=lr_state.stale + missed.astype(jnp.int32))
-    if _is_nnx_optimizer(opt_state):
+    if nnx_state.is_optimizer(opt_state):
         hp_lib.set_hyperparams(opt_state.opt_state, hparams)
         return new_lr
     return hp_lib.set_hyperparams(opt_state, hparams), new_lr
@@ -119,12 +120,6 @@ def _check_lr_state(call: str, lr_state: Any, other: Any) -> None:
     raise TypeError(f"LRCallbacks.{call}: lr_state must be the LRState returned by "
                     f"LRCallbacks.init(opt_state), got {type(lr_state).__name__}: "
                     f"{lr_state!r:.80}")
-
-
-def _is_nnx_optimizer(x: Any) -> bool:
-    from flax import nnx
-
-    return isinstance(x, nnx.Optimizer)
 
 
 class LRCallbacks(CallbackHost):
@@ -166,8 +161,9 @@ class LRCallbacks(CallbackHost):
                 getattr(cb, "check_on", None), int)
             if needs_trainer:
                 raise TypeError(
-                    f"callbacks: {cb!r} needs the Trainer's data, logger or per-step records and cannot "
-                    "run in a custom loop; see the LRCallbacks docstring for what to do instead")
+                    f"callbacks: {cb!r} needs the Trainer's data, logger or per-step records "
+                    "and cannot run in a custom loop; see the LRCallbacks docstring for what "
+                    "to do instead")
         total = total_steps or max_epochs * steps_per_epoch
         # What callbacks read from "the trainer" in host hooks (`contract.HostContext`).
         self._reset_host(RunPlan(steps_per_epoch, total,
@@ -182,17 +178,13 @@ class LRCallbacks(CallbackHost):
         `opt_state`: your optax state (``state.opt_state``) or an `nnx.Optimizer`. Its current
         injected values are the base values rules start from.
         """
-        opt_state = self._opt_state(opt_state)
+        opt_state = nnx_state.optax_state(opt_state)
         state = self.init_lr_state(opt_state)._replace(
             applied=jax.tree_util.tree_map(lambda v: jnp.array(v, jnp.float32, copy=True),
                                            hp_lib.get_hyperparams(opt_state)),
             stale=jnp.zeros((), jnp.int32),
             callbacks=BoundCallbacks(tuple(self.callbacks)))
-        # Place it like the optimizer's values: jit keys its cache on placement, so the LR
-        # state must be committed exactly when the optimizer state is.
-        sharding = self._sharding(opt_state)
-        if sharding is not None:
-            state = jax.device_put(state, sharding)
+        state = lr_lib.placed_like(state, opt_state)
         self._reset_host(self.plan)
         return self._host(state, "on_fit_start", "on_train_epoch_start")
 
@@ -297,16 +289,3 @@ class LRCallbacks(CallbackHost):
                 "lr_state = lrc.epoch_end(lr_state, metrics) after every epoch, or epoch-end "
                 "callbacks (ReduceLROnPlateau(check_on='epoch'), epoch schedules' host hooks) "
                 "never run", RuntimeWarning, stacklevel=4)
-
-    @staticmethod
-    def _sharding(opt_state: Any) -> jax.sharding.Sharding | None:
-        """The placement of the optimizer's injected values (None: not committed)."""
-        for names in hp_lib.get_hyperparams(opt_state).values():
-            for v in names.values():
-                if isinstance(v, jax.Array) and v.committed:
-                    return v.sharding
-        return None
-
-    @staticmethod
-    def _opt_state(opt_state: Any) -> Any:
-        return opt_state.opt_state if _is_nnx_optimizer(opt_state) else opt_state

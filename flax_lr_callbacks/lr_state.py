@@ -5,7 +5,8 @@ start from, each callback's device state and the schedule clock. The `Trainer` c
 `TrainerState.lr_state` (next to the train state, the PRNG key and the record buffer);
 `LRCallbacks` hands one to a hand-written step (with the write-back check fields set). Both
 build it with `init`, run the rules with `advance`, feed `observe` faces with `observed`,
-and write host values into it with `replace_callback_state` / `replace_base_hyperparam`.
+and write host values into it with `replace_callback_state` / `replace_base_hyperparam`
+(the drop-in places it like the optimizer's values with `placed_like`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # annotations only: Callback.curve -> preview -> this module
 
 __all__ = ["LRState", "BoundCallbacks", "init", "init_rule_state", "step_context", "advance",
            "observe", "observed", "get_callback_state", "replace_callback_state",
-           "replace_base_hyperparam"]
+           "replace_base_hyperparam", "placed_like"]
 
 
 @jax.tree_util.register_static
@@ -161,6 +162,17 @@ def _put_like(value: Any, like: jax.Array) -> jax.Array:
     if not getattr(like, "committed", True):
         return jnp.asarray(value)
     return jax.device_put(value, like.sharding)
+
+
+def placed_like(lr: LRState, opt_state: Any) -> LRState:
+    """`lr` committed to the placement of `opt_state`'s injected values, unchanged when they
+    are not committed: jit keys its cache on placement, so the LR state must be committed
+    exactly when the optimizer state is."""
+    for names in hp_lib.get_hyperparams(opt_state).values():
+        for v in names.values():
+            if isinstance(v, jax.Array) and v.committed:
+                return jax.device_put(lr, v.sharding)
+    return lr
 
 
 def _state_path(callbacks: Sequence[Callback], callback: Callback) -> list[int]:

@@ -12,6 +12,9 @@ linen path's. Your ``loss_fn(model, batch)`` receives the model re-assembled ins
 Non-parameter state (BatchNorm statistics, RNG counters) is passed to the model as it was at
 `create` and not updated by the step; give dropout its key through the ``rng`` argument of
 ``loss_fn(model, batch, rng)`` instead of stateful `nnx.Rngs`.
+
+The drop-in `LRCallbacks` takes an `nnx.Optimizer` where it takes an optax state; it tells
+them apart with `is_optimizer` and reads the optax state inside with `optax_state`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax
 import optax
 from flax import nnx, struct
 
-__all__ = ["NNXTrainState"]
+__all__ = ["NNXTrainState", "is_optimizer", "optax_state"]
 
 
 class NNXTrainState(struct.PyTreeNode):
@@ -71,3 +74,13 @@ class NNXTrainState(struct.PyTreeNode):
     def update(self, model: nnx.Module) -> None:
         """Writes the parameters into `model` (an object with this state's structure)."""
         nnx.update(model, self.params)
+
+
+def is_optimizer(x: Any) -> bool:
+    """Whether `x` is an `nnx.Optimizer` (updated in place) rather than an optax state."""
+    return isinstance(x, nnx.Optimizer)
+
+
+def optax_state(x: Any) -> Any:
+    """The optax state inside an `nnx.Optimizer` (its variables), or `x` itself."""
+    return x.opt_state if is_optimizer(x) else x
