@@ -8,6 +8,7 @@ update, the per-step PRNG key, the NaN policy and the record buffer around it.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,6 +39,39 @@ class TrainerState(NamedTuple):
     # columns: the sorted names of `record` (the Trainer keeps them: `record_keys`).
     buffer: jax.Array
     nonfinite: Any = None  # nan_policy.NonFinite: first non-finite step and their count
+
+    # Read-only aliases for the fields that moved into `lr_state` (issue 15); each warns.
+    @property
+    def step(self) -> jax.Array:
+        """Deprecated: ``ts.lr_state.step``."""
+        return _moved(self, "step")
+
+    @property
+    def base_hparams(self) -> hp_lib.Hyperparams:
+        """Deprecated: ``ts.lr_state.base_hparams``."""
+        return _moved(self, "base_hparams")
+
+    @property
+    def callback_states(self) -> tuple:
+        """Deprecated: ``ts.lr_state.callback_states``."""
+        return _moved(self, "callback_states")
+
+    @property
+    def steps_per_epoch(self) -> jax.Array:
+        """Deprecated: ``ts.lr_state.steps_per_epoch``."""
+        return _moved(self, "steps_per_epoch")
+
+    @property
+    def total_steps(self) -> jax.Array:
+        """Deprecated: ``ts.lr_state.total_steps``."""
+        return _moved(self, "total_steps")
+
+
+def _moved(ts: TrainerState, name: str) -> Any:
+    """``ts.lr_state.<name>``, with a DeprecationWarning naming that path."""
+    warnings.warn(f"TrainerState.{name} is deprecated; read ts.lr_state.{name} (the LR state "
+                  "moved into TrainerState.lr_state)", DeprecationWarning, stacklevel=3)
+    return getattr(ts.lr_state, name)
 
 
 class LossFn:

@@ -10,7 +10,8 @@ import optax
 import pytest
 from conftest import MODEL, loss_fn, make_data, make_state
 
-from flax_lr_callbacks import ArrayDataset, Callback, LRSchedule, Trainer
+from flax_lr_callbacks import (ArrayDataset, Callback, LRSchedule, LRState, Trainer,
+                               TrainerState)
 
 
 def quiet(**kw):
@@ -234,3 +235,23 @@ def test_set_base_hyperparam_without_schedule(data, state):
     trainer.fit(state, data[0])
     np.testing.assert_allclose(mon.history["lr"][1], [0.1] * 6 + [0.01] * 6, rtol=1e-6)
     assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
+
+
+def test_trainer_state_old_lr_fields_read_lr_state_and_warn():
+    """ts.step and the other moved fields return ts.lr_state's, warn naming that path, are
+    read-only."""
+    lr = LRState(base_hparams={"default": {"learning_rate": jnp.float32(0.1)}},
+                 callback_states=(jnp.float32(0.5),), step=jnp.int32(7),
+                 steps_per_epoch=jnp.int32(3), total_steps=jnp.int32(30))
+    ts = TrainerState(train_state=None, lr_state=lr, key=jax.random.PRNGKey(0),
+                      buffer=jnp.zeros((2, 1)))
+    expected = {"step": 7, "base_hparams": {"default": {"learning_rate": 0.1}},
+                "callback_states": (0.5,), "steps_per_epoch": 3, "total_steps": 30}
+    for name, value in expected.items():
+        with pytest.warns(DeprecationWarning, match=rf"read ts\.lr_state\.{name} ") as record:
+            got = getattr(ts, name)
+        assert got is getattr(lr, name)
+        jax.tree_util.tree_map(np.testing.assert_allclose, got, value)
+        assert record[0].filename == __file__  # points at the reading line
+        with pytest.raises(AttributeError):
+            setattr(ts, name, got)
