@@ -65,7 +65,7 @@ class Trainer(CallbackHost):
       data_axis: the mesh axis batches are split over. Default ``"data"``.
       steps_per_dispatch: K >= 1 steps fused into one compiled call (`lax.scan` over K
         batches, each step reading its own), for small models where Python dispatch dominates
-        (about 1.3x the bare loop's steps/s for the MLP of `benchmarks/overhead.py` at K=10
+        (1.0-1.15x the bare loop's steps/s for the MLP of `benchmarks/overhead.py` at K=10-64
         on a 2-core CPU). Schedules stay exact per step and every step is recorded;
         ``on_train_batch_end`` runs once per dispatch (``last_dispatch_steps`` says how many
         steps). `log_every_n_steps` must be a multiple of K; batches left at an epoch's end
