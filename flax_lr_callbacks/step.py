@@ -41,30 +41,15 @@ class TrainerState(NamedTuple):
     nonfinite: Any = None  # nan_policy.NonFinite: first non-finite step and their count
 
     # Read-only aliases for the fields that moved into `lr_state` (issue 15); each warns.
-    @property
-    def step(self) -> jax.Array:
-        """Deprecated: ``ts.lr_state.step``."""
-        return _moved(self, "step")
-
-    @property
-    def base_hparams(self) -> hp_lib.Hyperparams:
-        """Deprecated: ``ts.lr_state.base_hparams``."""
-        return _moved(self, "base_hparams")
-
-    @property
-    def callback_states(self) -> tuple:
-        """Deprecated: ``ts.lr_state.callback_states``."""
-        return _moved(self, "callback_states")
-
-    @property
-    def steps_per_epoch(self) -> jax.Array:
-        """Deprecated: ``ts.lr_state.steps_per_epoch``."""
-        return _moved(self, "steps_per_epoch")
-
-    @property
-    def total_steps(self) -> jax.Array:
-        """Deprecated: ``ts.lr_state.total_steps``."""
-        return _moved(self, "total_steps")
+    step = property(lambda self: _moved(self, "step"), doc="Deprecated: ts.lr_state.step")
+    base_hparams = property(lambda self: _moved(self, "base_hparams"),
+                            doc="Deprecated: ts.lr_state.base_hparams")
+    callback_states = property(lambda self: _moved(self, "callback_states"),
+                               doc="Deprecated: ts.lr_state.callback_states")
+    steps_per_epoch = property(lambda self: _moved(self, "steps_per_epoch"),
+                               doc="Deprecated: ts.lr_state.steps_per_epoch")
+    total_steps = property(lambda self: _moved(self, "total_steps"),
+                           doc="Deprecated: ts.lr_state.total_steps")
 
 
 def _moved(ts: TrainerState, name: str) -> Any:
