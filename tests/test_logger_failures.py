@@ -98,7 +98,7 @@ def test_read_only_folder_fails_before_any_step(make, data, state, tmp_path, mon
     def refuse(folder):
         raise PermissionError(errno.EACCES, "Permission denied", folder)
 
-    monkeypatch.setattr("flax_lr_callbacks.loggers.base.check_writable", refuse)
+    monkeypatch.setattr("flax_lr_callbacks.loggers.run_folder.check_writable", refuse)
     counter = Counter()
     with pytest.raises(LoggerError, match=f"{make.__name__} could not write to its run folder "
                                           f"{tmp_path / 'version_0'}: Permission denied"):
