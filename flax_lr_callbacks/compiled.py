@@ -47,7 +47,8 @@ class CompiledSteps:
                                    buffer_size=self.buffer_size, nan_policy=self.nan_policy)
 
     def _fused(self, ts: TrainerState, batches: Any) -> TrainerState:
-        """K steps; `batches` is a tuple of K batches (read by index inside the scan, not stacked)."""
+        """K steps; `batches` is a tuple of K batches (read by index inside the scan, not
+        stacked)."""
         self.num_fused_traces += 1
         return step_lib.fused_steps(ts, batches, loss=self.loss, callbacks=self.callbacks,
                                     buffer_size=self.buffer_size, nan_policy=self.nan_policy)

@@ -259,8 +259,8 @@ class Trainer(CallbackHost):
 
     def _dispatch(self, batches: list[Any]) -> None:
         """Runs `batches` as one fused call (K of them, read by index inside it) or as single
-        steps, then the hooks; a group with a batch of other shapes (a short last one) runs step by
-        step, so the fused executable keeps its one shape."""
+        steps, then the hooks; a group with a batch of other shapes (a short last one) runs
+        step by step, so the fused executable keeps its one shape."""
         put = self.placement.put_batch if self.placement.mesh is not None else None
         if len(batches) == self.steps_per_dispatch > 1 and all(
                 shapes(b) == self._batch_shapes for b in batches):

@@ -145,7 +145,8 @@ def test_resume_mid_epoch_checkpoint(tmp_path):
     assert_params_equal(out.params, full_out.params)
     assert {s: full_rec.lr[s] for s in rec.lr} == rec.lr and min(rec.lr) == 8
     assert resumed.num_step_compiles == 1
-    # save_top_k=2 without a monitor: only the two newest remain (the final save at step 24 included)
+    # save_top_k=2 without a monitor: only the two newest remain (the final save at step 24
+    # included)
     assert sorted(int(p.name) for p in (tmp_path / "crashed").iterdir()) == [20, 24]
 
 
