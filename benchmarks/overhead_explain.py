@@ -69,7 +69,7 @@ def host_loop_us(make_trainer: Any, state: Any, batches: list, epochs: int,
     trainers = {}
     for log_points in (False, True):
         trainers[log_points] = trainer = make_trainer()
-        trainer._train_step = trainer._fused_step = noop_step
+        trainer.steps.train = trainer.steps.fused = noop_step
         if not log_points:
             trainer._log_point = lambda: None
 

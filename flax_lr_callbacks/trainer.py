@@ -117,15 +117,13 @@ class Trainer(CallbackHost):
 
         # Host counters (`progress`), plan and metrics, readable by callbacks (`HostContext`).
         self._reset_host(RunPlan(0, 0, 0))
-        self.train_data: Any = None  # the data of the running fit, for callbacks (LRFinder)
-        self.val_data: Any = None
+        self.train_data = self.val_data = None  # the running fit's data, for callbacks (LRFinder)
         self.data: DataSource | None = None  # the running fit's data and its position
         self._batch_shapes: Any = None
         self.placement = Placement.from_setting(mesh, self.data_axis)
         self.steps = CompiledSteps(self._loss, self.callbacks,
                                    buffer_size=self.log_every_n_steps, eval_fn=self.eval_fn,
                                    placement=self.placement, nan_policy=self.nan_policy)
-        self._train_step, self._fused_step = self.steps.train, self.steps.fused
 
     # ------------------------------------------------------------------ set-up
     def init_trainer_state(self, state: Any, first_batch: Any) -> TrainerState:
@@ -134,23 +132,18 @@ class Trainer(CallbackHost):
         return self.steps.initial_state(state, self.init_lr_state(state.opt_state),
                                         seed=self.seed, first_batch=first_batch)
 
-    @property
-    def num_step_traces(self) -> int:
-        """Times the train step was traced (== compiles per input shape)."""
-        return self.steps.num_step_traces
+    num_step_traces = property(lambda self: self.steps.num_step_traces,
+                               doc="Times the train step was traced (compiles per shape).")
+    num_fused_traces = property(lambda self: self.steps.num_fused_traces,
+                                doc="Times the fused K-step call was traced.")
+    num_step_compiles = property(
+        lambda self: self.steps.train._cache_size(),
+        doc="Executables compiled for the train step (a trace can compile more than once when "
+            "input placement changes; tests check both this and `num_step_traces`).")
+    num_fused_compiles = property(lambda self: self.steps.fused._cache_size(),
+                                  doc="Executables compiled for the fused K-step call.")
 
-    @property
-    def num_fused_traces(self) -> int:
-        return self.steps.num_fused_traces
-
-    @property
-    def num_step_compiles(self) -> int:
-        """Executables compiled for the train step (a trace can compile more than once when
-        input placement changes, so both this and `num_step_traces` are checked in tests)."""
-        return self.steps.train._cache_size()
-
-    def state_sharding(self) -> jax.sharding.Sharding:
-        """Where the carried state lives: replicated over the mesh, or on the first device."""
+    def state_sharding(self) -> jax.sharding.Sharding:  # replicated over the mesh, or device 0
         return self.placement.state_sharding()
 
     # ------------------------------------------------------------------ the loop
@@ -229,8 +222,7 @@ class Trainer(CallbackHost):
         self.current_epoch, self.batch_in_epoch = epoch, start
         self._call("on_train_epoch_start")
         spe, total = self.steps_per_epoch, self.total_steps
-        # a hook may have stopped the run; the stop is checked before the next pull, so a
-        # stream loses no batch
+        # a hook may have stopped the run: checked before the next pull (a stream loses none)
         batches = iter(()) if self._finished() else self.data.epoch(epoch, start)
         pending: list[Any] = []
         k, progress = self.steps_per_dispatch, self.progress  # no property lookups per step
@@ -265,10 +257,10 @@ class Trainer(CallbackHost):
         if len(batches) == self.steps_per_dispatch > 1 and all(
                 shapes(b) == self._batch_shapes for b in batches):
             group = tuple(batches if put is None else (put(b) for b in batches))
-            self.trainer_state = self._fused_step(self.trainer_state, group)
+            self.trainer_state = self.steps.fused(self.trainer_state, group)
             self._after_steps(len(batches))
             return
-        step = self._train_step
+        step = self.steps.train
         for batch in batches:
             self.trainer_state = step(self.trainer_state, batch if put is None else put(batch))
             self._after_steps(1)

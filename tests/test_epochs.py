@@ -169,7 +169,7 @@ def test_short_batch_in_a_fused_group_runs_single_steps():
     for ids in per_epoch(seen):
         assert sorted(ids) == list(range(60))
     assert trainer.global_step == 3 * 8
-    assert trainer.num_fused_traces == 1 and trainer._fused_step._cache_size() == 1
+    assert trainer.num_fused_traces == 1 and trainer.num_fused_compiles == 1
     assert trainer.num_step_traces == 2  # one per shape: full batches and the short one
 
 

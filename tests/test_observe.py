@@ -105,7 +105,7 @@ def test_observers_act_in_a_fit_with_one_compile(data, state):
         if k == 1:
             assert trainer.num_step_traces == 1 and trainer.num_step_compiles == 1
         else:  # 6 batches per epoch: every dispatch is fused
-            assert trainer.num_fused_traces == 1 and trainer._fused_step._cache_size() == 1
+            assert trainer.num_fused_traces == 1 and trainer.num_fused_compiles == 1
         plateau, guard = (jax.device_get(trainer.callback_state(c)) for c in cbs[1:3])
         assert int(plateau.num_reductions) >= 1 and float(plateau.scale) < 1
         assert int(guard.num_spikes) >= 1
