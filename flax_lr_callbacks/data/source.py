@@ -35,34 +35,12 @@ import grain
 import jax
 import numpy as np
 
+from flax_lr_callbacks.data.kinds import classify, shuffles
+
 __all__ = ["DataSource", "validation_batches"]
 
 _NO_LENGTH = ("{name} has no len(); pass Trainer(steps_per_epoch=...) (the batches of one "
               "epoch)")
-
-
-def _lineage(ds: Any) -> Iterator[Any]:
-    """`ds` and every Grain dataset it is built from."""
-    stack, seen = [ds], set()
-    while stack:
-        d = stack.pop()
-        if id(d) in seen:
-            continue
-        seen.add(id(d))
-        yield d
-        stack.extend(getattr(d, "parents", ()))
-
-
-def _repeat_epochs(ds: Any) -> tuple[bool, int | None]:
-    """``(repeated, num_epochs)`` of the first ``.repeat()`` in a Grain pipeline."""
-    for d in _lineage(ds):
-        if type(d).__name__ == "RepeatMapDataset":
-            return True, getattr(d, "_num_epochs", None)
-    return False, None
-
-
-def _shuffles(ds: Any) -> bool:
-    return any("Shuffle" in type(d).__name__ for d in _lineage(ds))
 
 
 def _restorable(it: Any) -> bool:
@@ -85,42 +63,12 @@ class DataSource:
     def __init__(self, data: Any, *, name: str = "train_data"):
         self.data, self.name = data, name
         self.steps_per_epoch: int | None = None
-        self._stream_of = data  # what a stream iterates (may be a repeated Grain pipeline)
         self._it: Any = None  # the live iterator of a stream or of an iterable's epoch
         self._buffer: collections.deque = collections.deque()  # pushed-back batches
         self._pending_state: Any = None  # an iterable's iterator state, set at resume
         self.consumed = 0  # stream batches handed to training (the position of a stream)
-        self.kind, self.pass_length = self._classify(data)
-
-    def _classify(self, data: Any) -> tuple[str, int | None]:
-        if hasattr(data, "for_epoch"):
-            return "epochs", len(data)
-        if isinstance(data, grain.MapDataset):
-            repeated, k = _repeat_epochs(data)
-            if not repeated:
-                return "map", len(data)
-            return "map_stream", (len(data) // k if k else None)
-        if isinstance(data, grain.IterDataset):
-            parent = data.parents[0] if data.parents else None
-            if type(data).__name__ == "PrefetchIterDataset" and isinstance(
-                    parent, grain.MapDataset):
-                repeated, k = _repeat_epochs(parent)
-                if not repeated:  # `ds.to_iter_dataset()`: continue into ds's next epochs
-                    self._stream_of = parent.repeat().to_iter_dataset(
-                        getattr(data, "_read_options", None))
-                    return "stream", len(parent)
-                return "stream", (len(parent) // k if k else None)
-            if _repeat_epochs(data)[0]:
-                return "stream", None
-            return "iterable", None
-        if isinstance(data, grain.DataLoader):
-            return "stream", None
-        if iter(data) is data:  # a one-shot iterator or generator
-            return "stream", None
-        try:
-            return "iterable", len(data)
-        except TypeError:
-            return "iterable", None
+        # what a stream iterates (for `ds.to_iter_dataset()`: ds repeated)
+        self.kind, self.pass_length, self._stream_of = classify(data)
 
     # ------------------------------------------------------------------ the plan
     def plan(self, steps_per_epoch: int | None) -> int:
@@ -149,7 +97,7 @@ class DataSource:
         if self.kind == "map_stream" and len(self.data) < total_steps:
             raise ValueError(f"{self.name} holds {len(self.data)} batches, fewer than the "
                              f"{total_steps} steps planned; repeat it more or lower max_epochs")
-        if self.kind == "iterable" and epochs > 1 and _shuffles(self.data):
+        if self.kind == "iterable" and epochs > 1 and shuffles(self.data):
             warnings.warn(
                 f"{self.name} ({type(self.data).__name__}) shuffles but restarts with the same "
                 "order every epoch; pass the MapDataset (Grain re-seeds its shuffle per epoch) "
