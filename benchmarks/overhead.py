@@ -9,7 +9,10 @@ Rows ``mlp user-style`` (issue 17): the fit a user runs: MLP 784-128-10, batch 1
 of 100 batches, OneCycle + ReduceLROnPlateau(monitor="train_loss", check_on=100) +
 LearningRateMonitor + TensorBoardLogger, progress bar on, default log_every_n_steps; one
 Trainer fits `--user-repeats` times, each fit timed against the bare loop on the same batches,
-interleaved; K=10 fuses 10 steps per dispatch. Rows ``mlp``/``cnn``: `Trainer.fit` with
+interleaved; K=10 fuses 10 steps per dispatch. Rows ``mlp user-style on_device``: the same
+fit on an ``ArrayDataset(on_device=True)`` (`--on-device-dispatch`, default K=1, 10, 50)
+against the bare loop over the same dataset's host batches, plus a bare loop that gathers on
+the device itself (the data path's share of the gain). Rows ``mlp``/``cnn``: `Trainer.fit` with
 [OneCycle (momentum cycling), ReduceLROnPlateau, LearningRateMonitor, ProgressBar] and a
 TensorBoardLogger over one epoch. Bare: the same model, batches and SGD, with the one-cycle LR
 computed inside a plain `jax.jit` step. All exclude compilation (one warm-up run each) and
@@ -25,11 +28,14 @@ measured on the code before issue 17.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 from common import (MODELS, bare_step, interleaved, loss_fn_for, merge_rows, summary,
                     synthetic, timed, write)
@@ -37,19 +43,52 @@ from flax.training.train_state import TrainState
 
 from flax_lr_callbacks import (LearningRateMonitor, OneCycle, ReduceLROnPlateau,
                                TensorBoardLogger, Trainer, injectable, schedules)
+from flax_lr_callbacks.data import ArrayDataset
 
 
 NAN_POLICY = "stop"  # --nan-policy
 
 
-def against_bare(run_bare, fits, repeats):
-    """Wall times of the bare loop and of each ``fits[k]()`` (labelled ``"K=<k>"``), after one
-    warm-up (compile) run each, interleaved `repeats` times."""
+def against_bare(run_bare, fits, repeats, extra=None):
+    """Wall times of the bare loop, of each ``fits[k]()`` (labelled ``"K=<k>"``) and of each
+    run of `extra` (by name), after one warm-up (compile) run each, interleaved `repeats`
+    times."""
     runs = {"bare": lambda: timed(run_bare)}
     runs.update({f"K={k}": (lambda f=f: timed(f)) for k, f in fits.items()})
+    runs.update({name: (lambda f=f: timed(f)) for name, f in (extra or {}).items()})
     for run in runs.values():
         run()  # compile
     return interleaved(runs, repeats)
+
+
+def bare_on_device(loss_fn, tx, schedule, ds, params, epochs):
+    """A bare loop over `ds`'s batches that keeps the arrays on the device and gathers each
+    batch inside its jitted step (what ``ArrayDataset(on_device=True)`` does for a fit)."""
+    arrays = jax.device_put(ds.arrays)
+    step = bare_step(lambda p, b: loss_fn(p, jax.tree_util.tree_map(
+        lambda a: jnp.take(a, b[1], axis=0, mode="clip"), b[0])), tx, schedule=schedule)
+
+    def run():
+        p, o, loss = params, tx.init(params), None
+        for e in range(epochs):
+            order = ds.permutation(e).astype(np.int32)
+            for i in range(len(ds)):
+                p, o, loss = step(p, o, (arrays, order[i * ds.batch_size:(i + 1) *
+                                                       ds.batch_size]), e * len(ds) + i)
+        return loss
+    return run
+
+
+def reference_row(label, times, name, steps, batch_size, repeats):
+    """A row for a bare variant `name` of `times`, as a ratio to the bare loop."""
+    ratio = [b / o for o, b in zip(times[name], times["bare"])]
+    return {"model": label, "steps_per_dispatch": 1, "batch_size": batch_size,
+            "steps": steps, "repeats": repeats,
+            "bare_steps_per_s": steps / summary(times["bare"])["median"],
+            "ours_steps_per_s": steps / summary(times[name])["median"], "ratio": summary(ratio),
+            "bare_us_per_step": summary(times["bare"])["median"] / steps * 1e6,
+            "ours_us_per_step": summary(times[name])["median"] / steps * 1e6,
+            "step_compiles_total": None, "host_fetches_per_fit": None, "log_every_n_steps": None}
 
 
 def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
@@ -112,12 +151,19 @@ def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
 
 
 def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
-               batches_per_epoch: int = 100, explain: bool = False) -> tuple[list[dict], dict]:
+               batches_per_epoch: int = 100, explain: bool = False,
+               on_device: bool = False) -> tuple[list[dict], dict]:
     """The fit a user runs (issue 17): MLP 784-128-10, batch 128, `epochs` epochs of
     `batches_per_epoch` batches, OneCycle + ReduceLROnPlateau(train_loss, every 100 steps) +
     LearningRateMonitor + TensorBoardLogger, progress bar on, default log_every_n_steps. One
     Trainer per K fits `repeats` times, each fit timed against a bare jitted optax loop on the
-    same batches (interleaved); compiles excluded (one warm-up fit each)."""
+    same batches (interleaved); compiles excluded (one warm-up fit each).
+
+    The data is a list of batches, or with `on_device` an ``ArrayDataset(on_device=True)`` of
+    the same examples, reshuffled per epoch; the bare loop then iterates the same dataset's
+    host batches (``for_epoch``: the same batches in the same order), and a third loop, the
+    bare step gathering from the arrays on the device, shows how much of the gain is the data
+    path alone (row ``bare, data on device``)."""
     cls, batch_size = MODELS["mlp"]
     model = cls()
     batches = synthetic(batches_per_epoch, batch_size)
@@ -125,14 +171,24 @@ def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
     loss_fn = loss_fn_for(model)
     steps = epochs * batches_per_epoch
     bare_tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9)
-    bare = bare_step(loss_fn, bare_tx, schedule=lambda c: schedules.one_cycle(
-        c, total_steps=steps, max_value=0.1))
+    sched = functools.partial(schedules.one_cycle, total_steps=steps, max_value=0.1)
+    bare = bare_step(loss_fn, bare_tx, schedule=sched)
+    train, epoch_batches = batches, lambda e: batches
+    extra = {}
+    if on_device:
+        arrays = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+        train = ArrayDataset(arrays, batch_size, on_device=True)
+        host = ArrayDataset(arrays, batch_size)
+        epoch_batches = host.for_epoch
+        extra["bare, data on device"] = bare_on_device(loss_fn, bare_tx, sched, host, params,
+                                                       epochs)
 
     def run_bare():
         p, o, loss = params, bare_tx.init(params), None
         for e in range(epochs):
-            for i, b in enumerate(batches):
-                p, o, loss = bare(p, o, b, e * batches_per_epoch + i)
+            ds = epoch_batches(e)
+            for i in range(batches_per_epoch):
+                p, o, loss = bare(p, o, ds[i], e * batches_per_epoch + i)
         return loss
 
     state = TrainState.create(apply_fn=model.apply, params=params,
@@ -149,15 +205,17 @@ def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
 
     trainers = {k: make_trainer(k) for k in ks}
     times = against_bare(
-        run_bare, {k: (lambda k=k: trainers[k].fit(state, batches).params) for k in ks},
-        repeats)
-    rows = []
+        run_bare, {k: (lambda k=k: trainers[k].fit(state, train).params) for k in ks}, repeats,
+        extra)
+    label = "mlp user-style" + (" on_device" if on_device else "")
+    rows = [reference_row(label + ", bare, data on device", times, name, steps, batch_size,
+                          repeats) for name in extra]
     for k in ks:
         ours = times[f"K={k}"]
         ratio = [b / o for o, b in zip(ours, times["bare"])]
         t = trainers[k]
         rows.append({
-            "model": "mlp user-style" + ("" if k == 1 else f" K={k}"), "steps_per_dispatch": k,
+            "model": label + ("" if k == 1 else f" K={k}"), "steps_per_dispatch": k,
             "batch_size": batch_size, "steps": steps, "repeats": repeats,
             "bare_steps_per_s": steps / summary(times["bare"])["median"],
             "ours_steps_per_s": steps / summary(ours)["median"], "ratio": summary(ratio),
@@ -177,7 +235,8 @@ def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
                  "a_step_ours_cpu": step["ours_cpu"], "a_step_bare_cpu": step["bare_cpu"],
                  "b_loop_ours": host["loop"], "b_loop_bare": host["bare"],
                  "c_log_points": host["log"], "d_logger_threads": host["threads"],
-                 "gap_measured": rows[0]["ours_us_per_step"] - rows[0]["bare_us_per_step"]}
+                 "gap_measured": rows[-len(ks)]["ours_us_per_step"]
+                 - rows[-len(ks)]["bare_us_per_step"]}
     return rows, parts
 
 
@@ -236,6 +295,9 @@ def main() -> None:
                     help="fits of the user-style row (0 skips it)")
     ap.add_argument("--user-dispatch", type=int, nargs="+", default=[1, 10],
                     help="steps_per_dispatch values of the user-style row (each divides 50)")
+    ap.add_argument("--on-device-dispatch", type=int, nargs="*", default=[1, 10, 50],
+                    help="steps_per_dispatch values of the user-style fit on an "
+                         "ArrayDataset(on_device=True) (each divides 50; none skips it)")
     ap.add_argument("--nan-policy", default="stop", choices=["stop", "skip", "ignore"],
                     help="the Trainer's nan_policy (default 'stop'; 'ignore' shows the cost "
                          "of the in-graph non-finite check)")
@@ -248,6 +310,9 @@ def main() -> None:
     if args.user_repeats:
         rows, parts = user_style(args.user_repeats, tuple(args.user_dispatch),
                                  explain=args.explain)
+        if args.on_device_dispatch:
+            rows += user_style(args.user_repeats, tuple(args.on_device_dispatch),
+                               on_device=True)[0]
     for m in args.models:
         if m == "mlp":
             rows += bench(m, args.steps, args.repeats, tuple(args.dispatch))
@@ -261,7 +326,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['bare_steps_per_s']:.1f} | "
                      f"{r['ours_steps_per_s']:.1f} | {r['ratio']['median']:.3f} "
                      f"[{r['ratio']['min']:.3f}, {r['ratio']['max']:.3f}] | "
-                     f"{r['step_compiles_total']} | {r['host_fetches_per_fit'] or '-'} |")
+                     f"{r['step_compiles_total'] or '-'} | {r['host_fetches_per_fit'] or '-'} |")
     table = "\n".join(lines)
     payload = {"rows": rows}
     if parts:

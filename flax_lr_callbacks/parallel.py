@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from flax_lr_callbacks.data.on_device import OnDeviceBatch
+
 __all__ = ["Placement", "default_mesh"]
 
 
@@ -70,6 +72,15 @@ class Placement:
         spec = (None, self.data_axis) if stacked else (self.data_axis,)
         return NamedSharding(self.mesh, PartitionSpec(*spec))
 
+    def put_group(self, group: Any) -> Any:
+        """A fused call's input placed: the ``(K, batch)`` index of an `OnDeviceBatch`, or
+        each of a tuple of K batches."""
+        if self.mesh is None:
+            return group
+        if isinstance(group, OnDeviceBatch):
+            return self.put_batch(group, stacked=True)
+        return tuple(self.put_batch(b) for b in group)
+
     def put_batch(self, batch: Any, *, strict: bool = True, stacked: bool = False) -> Any:
         """The global batch, sharded along dim 0, from this process's slice of it.
 
@@ -80,6 +91,9 @@ class Placement:
         """
         if self.mesh is None:
             return batch
+        if isinstance(batch, OnDeviceBatch):  # the arrays are placed already: shard the index
+            return batch.replace(index=self.put_batch(batch.index, strict=strict,
+                                                      stacked=stacked))
         n = self.num_data_shards
         local = jax.process_count() > 1
         leaves = jax.tree_util.tree_leaves(batch)

@@ -1,6 +1,6 @@
 """Fit the tiny MLP under whatever devices XLA_FLAGS gives; save params, LRs and counts.
 
-usage: multidevice_child.py OUT.npz [--resume STEP_DIR] [--ckpt DIR]
+usage: multidevice_child.py OUT.npz [--resume STEP_DIR] [--ckpt DIR] [--on-device] [--k K]
                             [--process-id I --num-processes N --port P]
 
 With --process-id, runs as one process of a jax.distributed CPU job on localhost (gloo
@@ -23,6 +23,8 @@ def main():
     p.add_argument("out")
     p.add_argument("--resume")
     p.add_argument("--ckpt")
+    p.add_argument("--on-device", action="store_true", help="ArrayDataset(on_device=True)")
+    p.add_argument("--k", type=int, default=1, help="steps_per_dispatch")
     p.add_argument("--process-id", type=int)
     p.add_argument("--num-processes", type=int, default=2)
     p.add_argument("--port", type=int, default=12355)
@@ -39,8 +41,8 @@ def main():
         callbacks.append(ModelCheckpoint(a.ckpt, every_n_steps=8, every_n_epochs=None,
                                          save_top_k=-1))
     trainer = Trainer(loss_fn, max_epochs=4, callbacks=callbacks, enable_progress_bar=False,
-                      log_every_n_steps=4)
-    state = trainer.fit(make_state(), ArrayDataset(d, 16, seed=1),
+                      log_every_n_steps=4, steps_per_dispatch=a.k)
+    state = trainer.fit(make_state(), ArrayDataset(d, 16, seed=1, on_device=a.on_device),
                         ArrayDataset(d, 48, shuffle=False),
                         resume_from=a.resume)
     leaves = jax.tree_util.tree_leaves(state.params)
@@ -52,8 +54,8 @@ def main():
     print(json.dumps({
         "devices": len(jax.devices()),
         "processes": jax.process_count(),
-        "compiles": trainer.num_step_compiles,
-        "traces": trainer.num_step_traces,
+        "compiles": trainer.num_step_compiles + trainer.num_fused_compiles,
+        "traces": trainer.num_step_traces + trainer.num_fused_traces,
         "reductions": [r["step"] for r in trainer.callbacks[1].reductions],
         "param_sharding": str(leaves[0].sharding),
         "val_loss": trainer.callback_metrics["val_loss"],

@@ -206,6 +206,7 @@ TABLE = {
         "shuffle": ["yes"],
         "seed": [1.5, "0"],
         "drop_remainder": ["no"],
+        "on_device": ["yes", 1],
         "process_index": [-1, 1],
         "process_count": [0],
     }),

@@ -64,6 +64,16 @@ def test_eight_devices_match_one(one_device, tmp_path):
     assert abs(info8["val_loss"] - info1["val_loss"]) < 1e-5
 
 
+def test_eight_devices_on_device_fused_match_one(one_device, tmp_path):
+    """ArrayDataset(on_device=True), K=2: arrays replicated, the (K, batch) index sharded over
+    the 8 devices; the same run as one device with host batches."""
+    info1, run1, _ = one_device
+    info8 = child(tmp_path / "eight.npz", "--on-device", "--k", 2, devices=8)
+    assert info8["devices"] == 8 and info8["compiles"] == info8["traces"] == 1
+    assert info8["reductions"] == info1["reductions"]
+    assert_same_run(load(tmp_path / "eight.npz"), run1, rtol=1e-5)
+
+
 def test_resume_one_device_checkpoint_on_eight(one_device, tmp_path):
     """Checkpoints do not depend on the device count they were written with."""
     info1, run1, ckpt = one_device

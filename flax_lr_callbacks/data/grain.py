@@ -9,6 +9,7 @@ import grain
 import jax
 import numpy as np
 
+from flax_lr_callbacks.data.on_device import OnDeviceBatch
 from flax_lr_callbacks.validation import check_bool, check_count
 
 __all__ = ["ArrayDataset", "as_batches"]
@@ -32,6 +33,13 @@ class ArrayDataset:
       shuffle: reshuffle every epoch (default True). False keeps the stored order.
       seed: base seed of the per-epoch permutations.
       drop_remainder: drop the last incomplete batch (default True; keeps one compiled shape).
+      on_device: keep the arrays on the device for `Trainer.fit` (copied at the first fit,
+        again only for another placement; the dataset holds the copy) and gather each training batch inside the compiled step from its indices
+        (`flax_lr_callbacks.data.on_device`): no per-step host gather or batch transfer, and
+        fused steps (``steps_per_dispatch``) carry K batches as one small index array. The
+        batches are the same as with ``on_device=False`` (default). Costs device memory for
+        the whole dataset; single process only. Iterating the dataset yourself
+        (``for_epoch``, validation, the LR sweep) still gives host batches.
       process_index, process_count: multi-host data parallelism. Each process yields its
         contiguous ``batch_size / process_count`` slice of every global batch (the same global
         batches as one process would see). Default: `jax.process_index()` /
@@ -45,8 +53,8 @@ class ArrayDataset:
     """
 
     def __init__(self, arrays: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_remainder: bool = True, process_index: int | None = None,
-                 process_count: int | None = None):
+                 drop_remainder: bool = True, on_device: bool = False,
+                 process_index: int | None = None, process_count: int | None = None):
         leaves = jax.tree_util.tree_leaves(arrays)
         if not leaves:
             raise ValueError(f"arrays has no array leaves: arrays={arrays!r:.80}")
@@ -56,6 +64,7 @@ class ArrayDataset:
         batch_size = check_count("batch_size", batch_size)
         shuffle, drop_remainder = check_bool("shuffle", shuffle), check_bool(
             "drop_remainder", drop_remainder)
+        self.on_device = check_bool("on_device", on_device)
         seed = check_count("seed", seed, low=0)
         process_count = check_count("process_count", process_count, allow_none=True)
         process_index = check_count("process_index", process_index, low=0, allow_none=True)
@@ -76,6 +85,13 @@ class ArrayDataset:
                 f"with process_count={self.process_count}, batch_size must be a multiple of it "
                 f"and drop_remainder True, got batch_size={batch_size}, "
                 f"drop_remainder={drop_remainder}")
+        if self.on_device and self.process_count > 1:
+            raise ValueError(f"on_device=True needs a single process, got process_count="
+                             f"{self.process_count}; use on_device=False")
+        if self.on_device and self.num_examples >= 2**31:
+            raise ValueError(f"on_device=True indexes examples with int32, but the arrays "
+                             f"hold {self.num_examples}; use on_device=False")
+        self._placed: dict[Any, Any] = {}  # device copies of `arrays`, by sharding
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -94,19 +110,35 @@ class ArrayDataset:
 
     def for_epoch(self, epoch: int) -> grain.MapDataset:
         """The batches of `epoch` as a Grain `MapDataset` (random access, sliceable)."""
-        order = self.permutation(epoch)
-        arrays, b = self.arrays, self.batch_size
+        arrays, index = self.arrays, self._batch_indices(epoch)
+        return grain.MapDataset.range(len(self)).map(
+            lambda i: jax.tree_util.tree_map(lambda a: a[index(i)], arrays))
 
+    def _batch_indices(self, epoch: int, dtype: Any = None) -> Any:
+        """``i -> `` the example indices of batch `i` of `epoch` (this process's slice)."""
+        order, b = self.permutation(epoch), self.batch_size
+        if dtype is not None:
+            order = order.astype(dtype)
         local = b // self.process_count
         first = self.process_index * local
 
-        def gather(i: int) -> Any:
+        def index(i: int) -> np.ndarray:
             idx = order[i * b:(i + 1) * b]
             if self.process_count > 1:  # this process's slice of the global batch
                 idx = idx[first:first + local]
-            return jax.tree_util.tree_map(lambda a: a[idx], arrays)
+            return idx
 
-        return grain.MapDataset.range(len(self)).map(gather)
+        return index
+
+    def device_batches(self, epoch: int, sharding: Any) -> grain.MapDataset:
+        """The batches of `epoch` as `OnDeviceBatch` values over the arrays placed with
+        `sharding` (the latest placement is kept): what `Trainer.fit` trains on with
+        ``on_device=True``."""
+        if sharding not in self._placed:
+            self._placed = {sharding: jax.device_put(self.arrays, sharding)}  # keep one copy
+        arrays, index = self._placed[sharding], self._batch_indices(epoch, np.int32)
+        return grain.MapDataset.range(len(self)).map(
+            lambda i: OnDeviceBatch(arrays, index(i)))
 
     def __iter__(self):
         """Iterates epoch 0 (so an `ArrayDataset` also works where any iterable does)."""

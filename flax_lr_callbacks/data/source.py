@@ -58,10 +58,14 @@ class DataSource:
     Args:
       data: the training data (see the module table for how each kind is read).
       name: how errors and warnings call it. Default ``"train_data"``.
+      sharding: where training batches of an ``ArrayDataset(on_device=True)`` gather from
+        (its arrays are placed there); None reads every kind as host batches.
     """
 
-    def __init__(self, data: Any, *, name: str = "train_data"):
+    def __init__(self, data: Any, *, name: str = "train_data", sharding: Any = None):
         self.data, self.name = data, name
+        self.on_device = sharding is not None and getattr(data, "on_device", False) is True
+        self.sharding = sharding
         self.steps_per_epoch: int | None = None
         self._it: Any = None  # the live iterator of a stream or of an iterable's epoch
         self._buffer: collections.deque = collections.deque()  # pushed-back batches
@@ -127,7 +131,7 @@ class DataSource:
     def peek(self) -> Any:
         """The first batch training will see (its shapes set up the step); consumes nothing."""
         if self.kind == "epochs":
-            return self.data.for_epoch(0)[0]
+            return self._epoch_batches(0)[0]
         if self.kind in ("map", "map_stream"):
             return self.data[0]
         if self.kind == "iterable":
@@ -146,7 +150,7 @@ class DataSource:
         only when the data runs out (the Trainer reports that)."""
         spe, d = self.steps_per_epoch, self.data
         if self.kind == "epochs":
-            ds = d.for_epoch(epoch)
+            ds = self._epoch_batches(epoch)
             return (ds[i] for i in range(start, spe))
         if self.kind == "map":
             return (d[epoch * self.pass_length + i] for i in range(start, spe))
@@ -160,6 +164,11 @@ class DataSource:
                 return itertools.islice(it, spe - start)
             return itertools.islice(it, start, spe)
         return self._stream_epoch(spe - start)
+
+    def _epoch_batches(self, epoch: int) -> Any:
+        if self.on_device:  # indices into the arrays on the device (`data.on_device`)
+            return self.data.device_batches(epoch, self.sharding)
+        return self.data.for_epoch(epoch)
 
     def _stream_epoch(self, n: int) -> Iterator[Any]:
         for _ in range(n):
