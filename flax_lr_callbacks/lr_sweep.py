@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from flax_lr_callbacks import finder
 from flax_lr_callbacks import hyperparams as hp_lib
 from flax_lr_callbacks import step as step_lib
+from flax_lr_callbacks.data import on_device
 from flax_lr_callbacks.data.source import DataSource
 from flax_lr_callbacks.validation import check_bool, check_choice, check_count, check_number
 
@@ -52,7 +53,8 @@ def _step_fn(trainer: Any, groups: list[str]):
         values = {g: {"learning_rate": lr} for g in groups}
         state = state.replace(opt_state=hp_lib.set_hyperparams(state.opt_state, values))
         loss_fn = step_lib.bound(state, loss_of)
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, on_device.resolve(batch), key)
         return state.apply_gradients(grads=grads), loss
 
     return jax.jit(step, donate_argnums=0)

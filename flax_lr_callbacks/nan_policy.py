@@ -21,6 +21,13 @@ The check is one float32 sum over the loss, gradients and applied hyperparameter
 optimizer update and the callbacks' `observe` then run under `lax.cond`, so a rejected step
 costs nothing and an applied one is updated in place as before (a leafwise select would make
 XLA copy the optimizer's buffers each step).
+
+Fused calls (``Trainer(steps_per_dispatch=K)``) are optimistic instead: the K steps run
+unchecked, each still computing whether it was finite, and only when one was not (or the run
+had stopped) is the group run again from its input with the per-step check above
+(`step.fused_steps`). So a fused call holds one extra copy of the train and callback states
+while it runs, a group with a non-finite step costs two passes, and the compiled call holds
+both scans; the result is the one single steps give.
 """
 
 from __future__ import annotations

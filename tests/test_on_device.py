@@ -129,3 +129,25 @@ def test_nan_inside_a_fused_group_is_the_single_step_outcome(policy):
     fused, fused_what = run(True, 3)
     assert fused_what == what == (4 if policy == "stop" else 2.0)
     assert_bitwise(fused, single)
+
+
+def test_on_device_needs_one_process(monkeypatch):
+    """A dataset built for one process (or before jax.distributed started) is refused when
+    the job has several: each process would train on whole batches, not its slice."""
+    ds = ArrayDataset(make_data(), 16, on_device=True, process_index=0, process_count=1)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="on_device=True, which needs a single process"):
+        DataSource(ds, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+
+
+def test_lr_find_reads_device_batches():
+    """The sweep gathers `OnDeviceBatch` inputs too (e.g. `device_batches` passed as data)."""
+    ds = ArrayDataset(make_data(), 16, seed=1, on_device=True)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    batches = ds.device_batches(0, sharding)
+    trainer = Trainer(loss_fn, enable_progress_bar=False)
+    device = trainer.lr_find(make_state(), [batches[i] for i in range(len(batches))],
+                             num_steps=12, progress=False)
+    host = trainer.lr_find(make_state(), [ds.for_epoch(0)[i] for i in range(len(ds))],
+                           num_steps=12, progress=False)
+    np.testing.assert_array_equal(device.losses, host.losses)

@@ -38,8 +38,10 @@ class ArrayDataset:
         (`flax_lr_callbacks.data.on_device`): no per-step host gather or batch transfer, and
         fused steps (``steps_per_dispatch``) carry K batches as one small index array. The
         batches are the same as with ``on_device=False`` (default). Costs device memory for
-        the whole dataset; single process only. Iterating the dataset yourself
-        (``for_epoch``, validation, the LR sweep) still gives host batches.
+        the whole dataset on every device (a mesh replicates it); single process only. The
+        dataset's shape is part of the step's signature: a Trainer that fits another
+        on-device dataset of a different size compiles its step again. Iterating the
+        dataset yourself (``for_epoch``, validation, the LR sweep) still gives host batches.
       process_index, process_count: multi-host data parallelism. Each process yields its
         contiguous ``batch_size / process_count`` slice of every global batch (the same global
         batches as one process would see). Default: `jax.process_index()` /
@@ -135,7 +137,8 @@ class ArrayDataset:
         `sharding` (the latest placement is kept): what `Trainer.fit` trains on with
         ``on_device=True``."""
         if sharding not in self._placed:
-            self._placed = {sharding: jax.device_put(self.arrays, sharding)}  # keep one copy
+            self._placed.clear()  # one copy at a time: the old one goes before the new one
+            self._placed[sharding] = jax.device_put(self.arrays, sharding)
         arrays, index = self._placed[sharding], self._batch_indices(epoch, np.int32)
         return grain.MapDataset.range(len(self)).map(
             lambda i: OnDeviceBatch(arrays, index(i)))

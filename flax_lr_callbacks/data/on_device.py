@@ -47,6 +47,8 @@ def resolve(batch: Any) -> Any:
     if not isinstance(batch, OnDeviceBatch):
         return batch
     index = batch.index
+    # "clip" is the cheapest gather mode; the indices come from the epoch's permutation, so
+    # they are always in range
     return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0, mode="clip"),
                                   batch.arrays)
 

@@ -35,6 +35,7 @@ import grain
 import jax
 import numpy as np
 
+from flax_lr_callbacks.data.grain import ArrayDataset
 from flax_lr_callbacks.data.kinds import classify, shuffles
 
 __all__ = ["DataSource", "validation_batches"]
@@ -64,7 +65,12 @@ class DataSource:
 
     def __init__(self, data: Any, *, name: str = "train_data", sharding: Any = None):
         self.data, self.name = data, name
-        self.on_device = sharding is not None and getattr(data, "on_device", False) is True
+        self.on_device = (sharding is not None and isinstance(data, ArrayDataset)
+                          and data.on_device)
+        if self.on_device and jax.process_count() > 1:
+            raise ValueError(f"{name} is an ArrayDataset with on_device=True, which needs a "
+                             f"single process; this job has {jax.process_count()}. Use "
+                             "on_device=False")
         self.sharding = sharding
         self.steps_per_epoch: int | None = None
         self._it: Any = None  # the live iterator of a stream or of an iterable's epoch
