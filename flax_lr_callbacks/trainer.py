@@ -67,9 +67,9 @@ class Trainer(CallbackHost):
       steps_per_dispatch: K >= 1 steps fused into one compiled call (`lax.scan` over K
         batches, each step reading its own), for small models where dispatch dominates. It
         pays most with an ``ArrayDataset(on_device=True)``, whose K batches travel as one
-        index array: on the MLP of `benchmarks/overhead.py` (2-core CPU), 1.24x (K=10) and
-        1.26x (K=50) a bare loop over host batches (1.17x, 1.20x one gathering on the
-        device), against 0.99x at K=10 on a list of host batches. Schedules stay exact per step and every step is recorded;
+        index array: on the MLP of `benchmarks/overhead.py` (2-core CPU), 1.22-1.24x (K=10)
+        and 1.26-1.31x (K=50) a bare loop over host batches (1.13-1.22x one gathering on the
+        device), against 0.99-1.00x at K=10 on a list of host batches. Schedules stay exact per step and every step is recorded;
         ``on_train_batch_end`` runs once per dispatch (``last_dispatch_steps`` says how many
         steps). `log_every_n_steps` must be a multiple of K; a group also ends at log points
         and epoch ends (the batches short of one run singly). On CPU keep K=1 for conv nets
