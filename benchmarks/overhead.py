@@ -34,7 +34,6 @@ import tempfile
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from common import (MODELS, bare_step, interleaved, loss_fn_for, merge_rows, summary,
@@ -43,7 +42,7 @@ from flax.training.train_state import TrainState
 
 from flax_lr_callbacks import (LearningRateMonitor, OneCycle, ReduceLROnPlateau,
                                TensorBoardLogger, Trainer, injectable, schedules)
-from flax_lr_callbacks.data import ArrayDataset
+from flax_lr_callbacks.data import ArrayDataset, on_device
 
 
 NAN_POLICY = "stop"  # --nan-policy
@@ -65,30 +64,33 @@ def bare_on_device(loss_fn, tx, schedule, ds, params, epochs):
     """A bare loop over `ds`'s batches that keeps the arrays on the device and gathers each
     batch inside its jitted step (what ``ArrayDataset(on_device=True)`` does for a fit)."""
     arrays = jax.device_put(ds.arrays)
-    step = bare_step(lambda p, b: loss_fn(p, jax.tree_util.tree_map(
-        lambda a: jnp.take(a, b[1], axis=0, mode="clip"), b[0])), tx, schedule=schedule)
+    step = bare_step(lambda p, b: loss_fn(p, on_device.resolve(b)), tx, schedule=schedule)
 
     def run():
         p, o, loss = params, tx.init(params), None
         for e in range(epochs):
             order = ds.permutation(e).astype(np.int32)
             for i in range(len(ds)):
-                p, o, loss = step(p, o, (arrays, order[i * ds.batch_size:(i + 1) *
-                                                       ds.batch_size]), e * len(ds) + i)
+                index = order[i * ds.batch_size:(i + 1) * ds.batch_size]
+                p, o, loss = step(p, o, on_device.OnDeviceBatch(arrays, index), e * len(ds) + i)
         return loss
     return run
 
 
-def reference_row(label, times, name, steps, batch_size, repeats):
-    """A row for a bare variant `name` of `times`, as a ratio to the bare loop."""
+def ratio_row(label, times, name, steps, batch_size, repeats, k=1, trainer=None):
+    """A row for the run `name` of `times` (a fit of `trainer`, or a bare variant), as a
+    steps/s ratio to the bare loop."""
     ratio = [b / o for o, b in zip(times[name], times["bare"])]
-    return {"model": label, "steps_per_dispatch": 1, "batch_size": batch_size,
+    return {"model": label, "steps_per_dispatch": k, "batch_size": batch_size,
             "steps": steps, "repeats": repeats,
             "bare_steps_per_s": steps / summary(times["bare"])["median"],
             "ours_steps_per_s": steps / summary(times[name])["median"], "ratio": summary(ratio),
             "bare_us_per_step": summary(times["bare"])["median"] / steps * 1e6,
             "ours_us_per_step": summary(times[name])["median"] / steps * 1e6,
-            "step_compiles_total": None, "host_fetches_per_fit": None, "log_every_n_steps": None}
+            "step_compiles_total": None if trainer is None else
+            trainer.num_step_compiles + trainer.num_fused_compiles,
+            "host_fetches_per_fit": None,
+            "log_every_n_steps": None if trainer is None else trainer.log_every_n_steps}
 
 
 def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
@@ -208,21 +210,10 @@ def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
         run_bare, {k: (lambda k=k: trainers[k].fit(state, train).params) for k in ks}, repeats,
         extra)
     label = "mlp user-style" + (" on_device" if on_device else "")
-    rows = [reference_row(label + ", bare, data on device", times, name, steps, batch_size,
-                          repeats) for name in extra]
-    for k in ks:
-        ours = times[f"K={k}"]
-        ratio = [b / o for o, b in zip(ours, times["bare"])]
-        t = trainers[k]
-        rows.append({
-            "model": label + ("" if k == 1 else f" K={k}"), "steps_per_dispatch": k,
-            "batch_size": batch_size, "steps": steps, "repeats": repeats,
-            "bare_steps_per_s": steps / summary(times["bare"])["median"],
-            "ours_steps_per_s": steps / summary(ours)["median"], "ratio": summary(ratio),
-            "bare_us_per_step": summary(times["bare"])["median"] / steps * 1e6,
-            "ours_us_per_step": summary(ours)["median"] / steps * 1e6,
-            "step_compiles_total": t.num_step_compiles + t.num_fused_compiles,
-            "host_fetches_per_fit": None, "log_every_n_steps": t.log_every_n_steps})
+    rows = [ratio_row(label + ", bare, data on device", times, name, steps, batch_size, repeats)
+            for name in extra]
+    rows += [ratio_row(label + ("" if k == 1 else f" K={k}"), times, f"K={k}", steps,
+                       batch_size, repeats, k=k, trainer=trainers[k]) for k in ks]
     parts = {}
     if explain:
         import overhead_explain as ex

@@ -146,10 +146,7 @@ def _step(ts: TrainerState, batch: Any, loss: LossFn, callbacks: Sequence[Callba
         return ts.train_state, lr._replace(callback_states=ts.lr_state.callback_states)
 
     nonfinite = ts.nonfinite
-    if nan_policy == "optimistic":  # applied unchecked; the caller decides from `finite`
-        state, lr = update(state, lr)
-        finite = nan_lib.step_is_finite(value, grads, hparams)
-    elif nan_policy == "ignore":
+    if nan_policy in ("ignore", "optimistic"):  # optimistic: the caller decides afterwards
         state, lr = update(state, lr)
     else:  # the update runs only when the step may be applied (no select over the state)
         apply, nonfinite = nan_lib.decide(nan_policy, nonfinite, t,
@@ -158,7 +155,9 @@ def _step(ts: TrainerState, batch: Any, loss: LossFn, callbacks: Sequence[Callba
     values = record(value, metrics, hparams)
     row = jnp.stack([values[k] for k in sorted(values)])  # one packed row, columns sorted
     ts = ts._replace(train_state=state, lr_state=lr, nonfinite=nonfinite)
-    return (ts, (row, finite)) if nan_policy == "optimistic" else (ts, row)
+    if nan_policy == "optimistic":  # the row and whether the step was finite
+        return ts, (row, nan_lib.step_is_finite(value, grads, hparams))
+    return ts, row
 
 
 def _check_rows(rows: jax.Array, buffer: jax.Array) -> None:

@@ -67,13 +67,13 @@ class Trainer(CallbackHost):
       steps_per_dispatch: K >= 1 steps fused into one compiled call (`lax.scan` over K
         batches, each step reading its own), for small models where dispatch dominates. It
         pays most with an ``ArrayDataset(on_device=True)``, whose K batches travel as one
-        index array: on the MLP of `benchmarks/overhead.py` (2-core CPU), 1.22-1.24x (K=10)
-        and 1.26-1.31x (K=50) a bare loop over host batches (1.13-1.22x one gathering on the
-        device), against 0.99-1.00x at K=10 on a list of host batches. Schedules stay exact per step and every step is recorded;
-        ``on_train_batch_end`` runs once per dispatch (``last_dispatch_steps`` says how many
-        steps). `log_every_n_steps` must be a multiple of K; a group also ends at log points
-        and epoch ends (the batches short of one run singly). On CPU keep K=1 for conv nets
-        (XLA runs convolutions inside `scan` much slower).
+        index array: on the MLP of `benchmarks/overhead.py` (2-core CPU), 1.22-1.25x (K=10)
+        and 1.26-1.31x (K=50) a bare loop over host batches (1.13-1.23x one gathering on the
+        device), against 0.99-1.00x at K=10 on a list of host batches. Schedules stay exact
+        per step, every step is recorded; ``on_train_batch_end`` runs once per dispatch
+        (``last_dispatch_steps`` says how many steps). `log_every_n_steps` must be a multiple
+        of K; a group also ends at log points and epoch ends (the batches short of one run
+        singly). On CPU keep K=1 for conv nets (XLA runs convolutions inside `scan` slower).
       nan_policy: what a step with a non-finite loss, gradient or applied hyperparameter does,
         decided in-graph (`flax_lr_callbacks.nan_policy`). ``"stop"`` (default): no update
         from that step on; the next log point raises `NonFiniteLossError` naming the step,
@@ -117,7 +117,6 @@ class Trainer(CallbackHost):
         self.logger = combine_loggers(logger)
         self.last_dispatch_steps = 1  # steps run by the latest dispatch (hooks see them at once)
         self._warned_skipped = False
-
         # Host counters (`progress`), plan and metrics, readable by callbacks (`HostContext`).
         self._reset_host(RunPlan(0, 0, 0))
         self.train_data = self.val_data = None  # the running fit's data, for callbacks (LRFinder)
@@ -231,8 +230,9 @@ class Trainer(CallbackHost):
         k, progress, every = self.steps_per_dispatch, self.progress, self.log_every_n_steps
         for batch in batches:  # a group ends at the epoch's end, the run's and a log point
             pending.append(batch)
-            if len(pending) >= min(k, spe - progress.batch_in_epoch, total - progress.global_step,
-                                   every - progress.global_step % every):
+            if k == 1 or len(pending) >= min(k, spe - progress.batch_in_epoch,
+                                             total - progress.global_step,
+                                             every - progress.global_step % every):
                 self._dispatch(pending)
                 pending = []
                 if progress.global_step >= total or progress.should_stop:

@@ -34,7 +34,8 @@ class ArrayDataset:
       seed: base seed of the per-epoch permutations.
       drop_remainder: drop the last incomplete batch (default True; keeps one compiled shape).
       on_device: keep the arrays on the device for `Trainer.fit` (copied at the first fit,
-        again only for another placement; the dataset holds the copy) and gather each training batch inside the compiled step from its indices
+        again only for another placement; the dataset holds the copy) and gather each
+        training batch inside the compiled step from its indices
         (`flax_lr_callbacks.data.on_device`): no per-step host gather or batch transfer, and
         fused steps (``steps_per_dispatch``) carry K batches as one small index array. The
         batches are the same as with ``on_device=False`` (default). Costs device memory for
@@ -93,7 +94,7 @@ class ArrayDataset:
         if self.on_device and self.num_examples >= 2**31:
             raise ValueError(f"on_device=True indexes examples with int32, but the arrays "
                              f"hold {self.num_examples}; use on_device=False")
-        self._placed: dict[Any, Any] = {}  # device copies of `arrays`, by sharding
+        self._placed: tuple[Any, Any] | None = None  # (sharding, device copy of `arrays`)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -136,10 +137,10 @@ class ArrayDataset:
         """The batches of `epoch` as `OnDeviceBatch` values over the arrays placed with
         `sharding` (the latest placement is kept): what `Trainer.fit` trains on with
         ``on_device=True``."""
-        if sharding not in self._placed:
-            self._placed.clear()  # one copy at a time: the old one goes before the new one
-            self._placed[sharding] = jax.device_put(self.arrays, sharding)
-        arrays, index = self._placed[sharding], self._batch_indices(epoch, np.int32)
+        if self._placed is None or self._placed[0] != sharding:
+            self._placed = None  # one copy at a time: the old one goes before the new one
+            self._placed = (sharding, jax.device_put(self.arrays, sharding))
+        arrays, index = self._placed[1], self._batch_indices(epoch, np.int32)
         return grain.MapDataset.range(len(self)).map(
             lambda i: OnDeviceBatch(arrays, index(i)))
 

@@ -2,9 +2,10 @@
 
 An ``ArrayDataset(..., on_device=True)`` is copied to the device once (per placement); each
 training batch then travels as its example indices only (``batch_size`` int32 values), and
-the step gathers the rows itself. That removes the per-step host gather and host-to-device copy of the
-batch, and lets a fused call (``Trainer(steps_per_dispatch=K)``) carry K batches as one small
-``(K, batch_size)`` index array: `benchmarks/overhead.py` measures what that is worth.
+the step gathers the rows itself. That removes the per-step host gather and host-to-device
+copy of the batch, and lets a fused call (``Trainer(steps_per_dispatch=K)``) carry K batches
+as one small ``(K, batch_size)`` index array: `benchmarks/overhead.py` measures what that is
+worth.
 
 The batches are the ones the host path would build (same permutation, same rows, same order),
 so positions, resume and "every batch once per epoch" are unchanged.
