@@ -6,7 +6,7 @@ from tensorboardX.record_writer import masked_crc32c
 
 from flax_lr_callbacks import CSVLogger, TensorBoardLogger
 from flax_lr_callbacks.loggers.base import LoggerCollection, log_series
-from flax_lr_callbacks.loggers.event_records import crc32c_rows
+from flax_lr_callbacks.loggers.event_records import crc32c_rows, series_records
 
 
 def test_vectorised_crc_matches_tensorboardx():
@@ -17,6 +17,39 @@ def test_vectorised_crc_matches_tensorboardx():
     for rows in (alike, rng.integers(0, 256, (25, 9), dtype=np.uint8), alike[:1]):
         got = crc32c_rows(rows)
         assert [int(c) for c in got] == [masked_crc32c(r.tobytes()) for r in rows]
+
+
+def _reference_records(series, steps, wall_time):
+    """tensorboardX's own encoding, one Event proto per (step, tag), in step order."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.summary import scalar
+
+    out = b""
+    for i, step in enumerate(steps):
+        for tag, values in series.items():
+            data = event_pb2.Event(wall_time=wall_time, step=int(step),
+                                   summary=scalar(tag, float(values[i]))).SerializeToString()
+            header = struct.pack("<Q", len(data))
+            out += (header + struct.pack("<I", masked_crc32c(header)) + data
+                    + struct.pack("<I", masked_crc32c(data)))
+    return out
+
+
+def test_bulk_records_are_tensorboardx_bytes():
+    """Byte for byte tensorboardX's records: one step or a window, one tag or several of
+    different lengths, steps across varint widths (1 to 6 bytes), NaN and inf kept."""
+    rng = np.random.default_rng(1)
+    for steps in ([7], [1, 2, 3], list(range(120, 140)), [16383, 16384, 2**35],
+                  list(range(1, 300, 7))):
+        series = {"lr": rng.random(len(steps)).astype(np.float32),
+                  "group/momentum": np.float32(rng.normal(size=len(steps)) * 1e30),
+                  "t" * 150: np.float32([np.nan, np.inf, -2.5] * 100)[:len(steps)]}
+        for tags in (["lr"], list(series)):
+            pick = {t: series[t] for t in tags}
+            assert series_records(pick, np.array(steps), 1.7e9 + 0.25) == _reference_records(
+                pick, steps, 1.7e9 + 0.25), (steps, tags)
 
 
 def test_log_series_reads_back_every_step(tmp_path):

@@ -160,7 +160,7 @@ def disk_full(real, after):
 def test_write_error_surfaces_with_state(background, data, state, tmp_path, monkeypatch):
     """The writer raising (disk full) stops the fit at a later log call with the event file,
     the reason and errno; the state equals a run of that many steps."""
-    monkeypatch.setattr(writer_lib.EventFile, "add", disk_full(writer_lib.EventFile.add, 5))
+    monkeypatch.setattr(writer_lib.EventFile, "append", disk_full(writer_lib.EventFile.append, 5))
     logger = TensorBoardLogger(tmp_path, background=background)
     trainer = Trainer(loss_fn, max_epochs=None, max_steps=STEPS, log_every_n_steps=2,
                       logger=logger,
@@ -208,7 +208,7 @@ def test_stuck_writer_never_hangs_fit(data, state, tmp_path, monkeypatch):
 def test_full_queue_of_a_stuck_writer_raises_at_the_call(tmp_path, monkeypatch):
     """With the queue full and the writer stuck, log_metrics raises after stall_timeout."""
     release = threading.Event()
-    monkeypatch.setattr(writer_lib.EventFile, "add", lambda self, *a: release.wait())
+    monkeypatch.setattr(writer_lib.EventFile, "append", lambda self, *a: release.wait())
     monkeypatch.setattr(TensorBoardLogger, "stall_timeout", 0.2)
     monkeypatch.setattr(writer_lib, "MAX_QUEUED", 2)
     logger = TensorBoardLogger(tmp_path)
@@ -369,7 +369,7 @@ def test_checkpoints_survive_a_logger_failure_and_resume(data, state, tmp_path, 
 
     full = run(tmp_path / "full", None)
     with monkeypatch.context() as m:
-        m.setattr(writer_lib.EventFile, "add", disk_full(writer_lib.EventFile.add, 6))
+        m.setattr(writer_lib.EventFile, "append", disk_full(writer_lib.EventFile.append, 6))
         with pytest.raises(LoggerError, match="No space left on device") as info:
             run(tmp_path / "broken", TensorBoardLogger(tmp_path / "logs", background=False))
     steps = sorted(int(p.name) for p in (tmp_path / "broken").iterdir() if p.name.isdigit())

@@ -32,7 +32,10 @@ class ProgressBar(Callback):
                          leave=self.leave, unit="step", dynamic_ncols=True)
 
     def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
-        self._bar.set_description(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs_planned}")
+        # shown at the next log point's update: a refresh per epoch costs more than the epoch
+        # of a small model takes to run many of its steps
+        self._bar.set_description(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs_planned}", refresh=False)
 
     def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
         postfix = self._postfix

@@ -13,11 +13,12 @@ way. The format is TFRecord framing of `Event` protos, as TensorBoard reads it.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["crc32c_rows", "scalar_records", "series_records"]
+__all__ = ["crc32c_rows", "series_records"]
 
 
 def _crc_table() -> np.ndarray:
@@ -30,7 +31,6 @@ def _crc_table() -> np.ndarray:
 _TABLE = _crc_table()
 _PY_TABLE = [int(x) for x in _TABLE]
 _MASK_DELTA = np.uint32(0xA282EAD8)
-_POSITION_TABLES: dict[tuple[int, int], np.ndarray] = {}
 
 
 def _crc_columns(rows: np.ndarray) -> np.ndarray:
@@ -48,16 +48,24 @@ def _crc_bytes(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _position_table(length: int, position: int) -> np.ndarray:
-    """How byte value b at `position` of a `length`-byte message changes its CRC (a CRC is
-    affine in the message bits, so these changes XOR together)."""
-    key = (length, position)
-    if key not in _POSITION_TABLES:
-        rows = np.zeros((256, length), np.uint8)
-        rows[:, position] = np.arange(256)
-        crc = _crc_columns(rows)
-        _POSITION_TABLES[key] = crc ^ crc[0]
-    return _POSITION_TABLES[key]
+_STACKS: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
+_ROWS = np.arange(64)[None, :]
+
+
+def _position_tables(length: int, positions: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """`positions` as an index array and a ``(len(positions), 256)`` table: row i says how
+    byte value b at ``positions[i]`` of a `length`-byte message changes its CRC (a CRC is
+    affine in the message bits, so these changes XOR together). Cached per layout."""
+    key = (length, positions)
+    if key not in _STACKS:
+        if len(_STACKS) > 1024:  # layouts are few (one per tag length); stay bounded anyway
+            _STACKS.clear()
+        rows = np.zeros((256 * len(positions), length), np.uint8)
+        for i, p in enumerate(positions):
+            rows[256 * i:256 * (i + 1), p] = np.arange(256)
+        crc = _crc_columns(rows).reshape(len(positions), 256)
+        _STACKS[key] = (np.asarray(positions, np.intp), crc ^ crc[:, :1])
+    return _STACKS[key]
 
 
 def _mask(crc: np.ndarray) -> np.ndarray:
@@ -65,18 +73,24 @@ def _mask(crc: np.ndarray) -> np.ndarray:
     return ((crc >> 15) | (crc << 17)) + _MASK_DELTA  # uint32 arithmetic wraps
 
 
-def crc32c_rows(rows: np.ndarray) -> np.ndarray:
+def crc32c_rows(rows: np.ndarray, columns: tuple[int, ...] | None = None) -> np.ndarray:
     """Masked CRC32C (TFRecord's checksum) of every row of a uint8 ``(n, length)`` array.
 
     Rows of one window differ in a few columns only (step, value): the first row's CRC is
-    computed once and every other row's follows from the columns where it differs, one
-    table lookup per such column for all rows at once.
+    computed once and every other row's follows from the columns where it differs (found
+    here, or given as `columns`), one table lookup per such column and row, all at once.
     """
     n, length = rows.shape
     crc = np.full(n, _crc_bytes(rows[0].tobytes()), np.uint32)
     if n > 1:
-        for p in np.flatnonzero((rows != rows[0]).any(axis=0)):
-            crc ^= _position_table(length, int(p))[rows[:, p] ^ rows[0, p]]
+        if columns is None:
+            columns = tuple(int(c) for c in np.flatnonzero((rows != rows[0]).any(axis=0)))
+        if len(columns) > _ROWS.shape[1]:  # rows mostly different: column by column
+            return _mask(_crc_columns(rows))
+        if columns:
+            picks, tables = _position_tables(length, columns)
+            changes = rows[:, picks] ^ rows[0, picks]
+            crc ^= np.bitwise_xor.reduce(tables[_ROWS[:, :len(picks)], changes], axis=1)
     return _mask(crc)
 
 
@@ -104,49 +118,92 @@ def _varint_width(values: np.ndarray) -> np.ndarray:
     return np.ceil(bits / 7).astype(np.int64)
 
 
-def _frame(data: np.ndarray) -> np.ndarray:
-    """TFRecord framing of equal-length records: length, its CRC, data, the data's CRC."""
-    n, length = data.shape
-    header = np.frombuffer(np.uint64(length).tobytes(), np.uint8)
-    header_crc = crc32c_rows(header[None])[0]
+_HEADERS: dict[int, np.ndarray] = {}
+
+
+def _header(length: int) -> np.ndarray:
+    """A record's first 12 bytes: its length and the masked CRC32C of that (cached)."""
+    if length not in _HEADERS:
+        size = np.uint64(length).astype("<u8").tobytes()
+        crc = _mask(np.uint32([_crc_bytes(size)]))
+        _HEADERS[length] = np.frombuffer(size + crc.astype("<u4").tobytes(), np.uint8)
+    return _HEADERS[length]
+
+
+def _framed(head: bytes, step_columns: np.ndarray, tail: bytes, values: np.ndarray
+            ) -> np.ndarray:
+    """TFRecord-framed events of one tag, one ``(n, 16 + length)`` row per step: `head`
+    (wall time, step field tag), the step as a `width`-byte varint, `tail` (the summary up to
+    the float) and the value; then length, CRCs. Only the step and value bytes differ
+    between rows."""
+    (n, width), length = step_columns.shape, len(head) + step_columns.shape[1] + len(tail) + 4
     out = np.empty((n, 16 + length), np.uint8)
-    out[:, :8] = header
-    out[:, 8:12] = np.frombuffer(header_crc.astype("<u4").tobytes(), np.uint8)
-    out[:, 12:12 + length] = data
-    out[:, 12 + length:] = crc32c_rows(data).astype("<u4")[:, None].view(np.uint8)
+    out[:, :12] = _header(length)
+    data = out[:, 12:12 + length]
+    data[:, :len(head)] = np.frombuffer(head, np.uint8)
+    data[:, len(head):len(head) + width] = step_columns
+    data[:, len(head) + width:-4] = np.frombuffer(tail, np.uint8)
+    data[:, -4:] = values.view(np.uint8).reshape(n, 4)
+    varying = (*range(len(head), len(head) + width), *range(length - 4, length))
+    out[:, 12 + length:] = crc32c_rows(data, varying).astype("<u4")[:, None].view(np.uint8)
     return out
 
 
-def scalar_records(tag: str, steps: np.ndarray, values: np.ndarray,
-                   wall_time: float) -> list[tuple[int, bytes]]:
-    """``(step, framed record)`` for every value of one tag, encoded column-wise."""
-    steps = np.asarray(steps, np.int64)
-    values = np.asarray(values, "<f4")
+_TAILS: dict[str, bytes] = {}
+
+
+def _summary_tail(tag: str) -> bytes:
+    """``Event.summary`` field bytes of a one-value scalar summary, up to the float."""
+    if tag in _TAILS:
+        return _TAILS[tag]
+    if len(_TAILS) > 4096:  # a run logging ever new tags: keep the cache bounded
+        _TAILS.clear()
     name = tag.encode()
     value_msg = b"\x0a" + _varint(len(name)) + name + b"\x15"  # then 4 bytes of float
     summary_head = b"\x0a" + _varint(len(value_msg) + 4) + value_msg
-    summary = b"\x2a" + _varint(len(summary_head) + 4) + summary_head
-    wall = b"\x09" + np.float64(wall_time).astype("<f8").tobytes() + b"\x10"
+    _TAILS[tag] = b"\x2a" + _varint(len(summary_head) + 4) + summary_head
+    return _TAILS[tag]
+
+
+def _one_step(series: Mapping[str, np.ndarray], step: int, wall_time: float) -> bytes:
+    head = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
     out = []
-    widths = _varint_width(steps)
-    for width in np.unique(widths):
-        pick = np.flatnonzero(widths == width)
-        n = len(pick)
-        data = np.empty((n, len(wall) + width + len(summary) + 4), np.uint8)
-        data[:, :len(wall)] = np.frombuffer(wall, np.uint8)
-        data[:, len(wall):len(wall) + width] = _varint_columns(steps[pick], int(width))
-        data[:, len(wall) + width:-4] = np.frombuffer(summary, np.uint8)
-        data[:, -4:] = values[pick].view(np.uint8).reshape(n, 4)
-        framed = _frame(data)
-        out.extend((int(steps[i]), framed[k].tobytes()) for k, i in enumerate(pick))
-    return out
+    for tag, value in series.items():
+        with np.errstate(over="ignore"):  # beyond float32: inf, as TensorBoard would store it
+            data = head + _summary_tail(tag) + np.asarray(value, "<f4").reshape(1).tobytes()
+        size = struct.pack("<Q", len(data))
+        out += [size, _masked(_crc_bytes(size)), data, _masked(_crc_bytes(data))]
+    return b"".join(out)
+
+
+def _masked(crc: int) -> bytes:
+    return struct.pack("<I", ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8)
+                       & 0xFFFFFFFF)
 
 
 def series_records(series: Mapping[str, np.ndarray], steps: np.ndarray,
                    wall_time: float) -> bytes:
-    """Framed scalar events for every tag of `series` at `steps`, in step order."""
-    records = []
-    for tag, values in series.items():
-        records.extend(scalar_records(tag, steps, values, wall_time))
-    records.sort(key=lambda r: r[0])  # stable: tags keep their order within a step
-    return b"".join(r[1] for r in records)
+    """Framed scalar events for every tag of `series` at `steps`, in step order (tags in
+    their order within a step).
+
+    Per tag the window is one byte array of equal-length records (one per run of steps
+    whose varint has the same width); the tags' arrays side by side, row by row, are the
+    records in step order, so the whole window is one ``tobytes``.
+    """
+    steps = np.asarray(steps, np.int64).reshape(-1)
+    if len(steps) == 1:  # one step (a log_metrics call): plain bytes beat NumPy's overhead
+        return _one_step(series, int(steps[0]), wall_time)
+    order = np.argsort(steps, kind="stable")
+    steps = steps[order]
+    columns = [(_summary_tail(tag), np.asarray(v, "<f4").reshape(-1)[order])
+               for tag, v in series.items()]
+    head = b"\x09" + np.float64(wall_time).astype("<f8").tobytes() + b"\x10"
+    widths = _varint_width(steps)
+    bounds = [0, *(np.flatnonzero(np.diff(widths)) + 1).tolist(), len(steps)]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        step_columns = _varint_columns(steps[lo:hi], int(widths[lo]))
+        blocks = [_framed(head, step_columns, tail, values[lo:hi])
+                  for tail, values in columns]
+        out.append(np.hstack(blocks).tobytes() if len(blocks) > 1 else blocks[0].tobytes())
+    return b"".join(out)

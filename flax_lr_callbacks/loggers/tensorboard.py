@@ -164,10 +164,9 @@ class TensorBoardLogger(VersionedRun):
     @staticmethod
     def _add_scalars(file: EventFile, metrics: dict[str, float], step: int,
                      wall_time: float) -> None:
-        from tensorboardX.summary import scalar
+        from flax_lr_callbacks.loggers.event_records import series_records
 
-        for tag, value in metrics.items():
-            file.add(scalar(tag, value), step, wall_time)
+        file.append(series_records({k: [v] for k, v in metrics.items()}, [step], wall_time))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Adds one scalar per entry at `step`."""
