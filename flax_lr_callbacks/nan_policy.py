@@ -22,6 +22,13 @@ optimizer update and the callbacks' `observe` then run under `lax.cond`, so a re
 costs nothing and an applied one is updated in place as before (a leafwise select would make
 XLA copy the optimizer's buffers each step).
 
+What it costs (`benchmarks/nan_check_cost.py`, 2-core CPU, 784-128-10 MLP, batch 128, SGD
+with momentum, 0.56 ms per bare step; three runs): the sum reads every gradient once, +9 to
++18 us per step as written here (a product with ones from the left; from the right +15 to +18,
+``jnp.sum`` per leaf or over the concatenated gradients +30 to +38), and the conditional update
+about +12 us more; a leafwise select instead costs +75 to +80 us. On a memory-bound step this
+small that is about 4-5%; on the seed CNN it is under 1%. ``"ignore"`` pays neither.
+
 Fused calls (``Trainer(steps_per_dispatch=K)``) are optimistic instead: the K steps run
 unchecked, each still computing whether it was finite, and only when one was not (or the run
 had stopped) is the group run again from its input with the per-step check above
@@ -81,14 +88,14 @@ def initial() -> NonFinite:
 
 def _leaf_sum(x: Any) -> jax.Array:
     """The float32 sum of one leaf. A real floating leaf of two or more dimensions is summed
-    as a matrix-vector product with ones, then over the vector: XLA:CPU runs that as one
+    as a vector-matrix product with ones (over its rows), then over the vector: XLA:CPU runs that as one
     vectorised library call, where a full ``jnp.sum`` is a slower reduction (the check's cost
     on the benchmark MLP fell from ~6% to ~2% of the compiled step). NaN and inf propagate
     through the product as through a sum."""
     if jnp.ndim(x) >= 2 and jnp.issubdtype(jnp.result_type(x), jnp.floating):
         rows = jnp.reshape(x, (-1, jnp.shape(x)[-1]))
-        ones = jnp.ones((rows.shape[1],), rows.dtype)
-        return jnp.sum(jnp.matmul(rows, ones, preferred_element_type=jnp.float32))
+        ones = jnp.ones((rows.shape[0],), rows.dtype)  # from the left: not slower, often faster
+        return jnp.sum(jnp.matmul(ones, rows, preferred_element_type=jnp.float32))
     return jnp.sum(x, dtype=jnp.float32)
 
 
