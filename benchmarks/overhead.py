@@ -1,6 +1,6 @@
 """Trainer overhead: `Trainer.fit` with the full LR stack vs a bare jitted optax loop.
 
-    python benchmarks/overhead.py --explain      # the full table (issue 17), ~3 min on 2 cores
+    python benchmarks/overhead.py --explain --attribute   # the full table (issue 17), ~4 min
     python benchmarks/overhead.py [--models mlp cnn] [--steps 448] [--repeats 5]
                                   [--dispatch 1 4 16 64] [--cnn-steps 64]
                                   [--user-repeats 9] [--user-dispatch 1 10] [--explain]
@@ -22,7 +22,10 @@ With --dispatch, the same fit runs with `steps_per_dispatch=K` for each K (MLP o
 runs convolutions inside `lax.scan` about 16x slower). `--explain` adds the decomposition of
 `overhead_explain.py` (a: compiled step alone, b: host loop, c: log points, d: logger
 threads, in us per step) and, when results/overhead_baseline.json exists, the same parts
-measured on the code before issue 17.
+measured on the code before issue 17. `--attribute` adds the user-style K=1 fit with one piece
+switched off at a time (progress bar, TensorBoardLogger, the non-finite check) and with all
+three off, each against the bare loop in the same interleaved run: what each piece costs in
+the real fit, contention included (the parts above are measured alone).
 """
 
 from __future__ import annotations
@@ -152,9 +155,16 @@ def bench(model_name: str, steps: int, repeats: int, ks: tuple[int, ...] = (1,),
     return rows
 
 
+ATTRIBUTION = {"K=1 without progress bar": {"progress": False},
+               "K=1 without TensorBoardLogger": {"logger": False},
+               "K=1 with nan_policy=ignore": {"nan_policy": "ignore"},
+               "K=1 without bar, logger, check": {"progress": False, "logger": False,
+                                                  "nan_policy": "ignore"}}
+
+
 def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
                batches_per_epoch: int = 100, explain: bool = False,
-               on_device: bool = False) -> tuple[list[dict], dict]:
+               on_device: bool = False, attribute: bool = False) -> tuple[list[dict], dict]:
     """The fit a user runs (issue 17): MLP 784-128-10, batch 128, `epochs` epochs of
     `batches_per_epoch` batches, OneCycle + ReduceLROnPlateau(train_loss, every 100 steps) +
     LearningRateMonitor + TensorBoardLogger, progress bar on, default log_every_n_steps. One
@@ -197,20 +207,25 @@ def user_style(repeats: int, ks: tuple[int, ...] = (1,), epochs: int = 10,
                               tx=injectable(optax.sgd, learning_rate=0.1, momentum=0.9))
     logdir = tempfile.mkdtemp(prefix="overhead-user-")
 
-    def make_trainer(k: int = 1, progress: bool = True) -> Trainer:
+    def make_trainer(k: int = 1, progress: bool = True, logger: bool = True,
+                     nan_policy: str | None = None) -> Trainer:
         return Trainer(loss_fn, max_epochs=epochs, steps_per_dispatch=k,
-                       enable_progress_bar=progress, nan_policy=NAN_POLICY,
+                       enable_progress_bar=progress, nan_policy=nan_policy or NAN_POLICY,
                        callbacks=[OneCycle(0.1), ReduceLROnPlateau(monitor="train_loss",
                                                                    check_on=100),
                                   LearningRateMonitor()],
-                       logger=TensorBoardLogger(logdir))
+                       logger=TensorBoardLogger(logdir) if logger else None)
 
     trainers = {k: make_trainer(k) for k in ks}
+    if attribute:  # K=1 with one piece off at a time, in the same interleaved run
+        for name, kwargs in ATTRIBUTION.items():
+            extra[name] = (lambda t=make_trainer(**kwargs): t.fit(state, train).params)
     times = against_bare(
         run_bare, {k: (lambda k=k: trainers[k].fit(state, train).params) for k in ks}, repeats,
         extra)
     label = "mlp user-style" + (" on_device" if on_device else "")
-    rows = [ratio_row(label + ", bare, data on device", times, name, steps, batch_size, repeats)
+    rows = [ratio_row(label + (", bare, data on device" if name not in ATTRIBUTION else
+                               f" {name}"), times, name, steps, batch_size, repeats)
             for name in extra]
     rows += [ratio_row(label + ("" if k == 1 else f" K={k}"), times, f"K={k}", steps,
                        batch_size, repeats, k=k, trainer=trainers[k]) for k in ks]
@@ -292,6 +307,9 @@ def main() -> None:
     ap.add_argument("--nan-policy", default="stop", choices=["stop", "skip", "ignore"],
                     help="the Trainer's nan_policy (default 'stop'; 'ignore' shows the cost "
                          "of the in-graph non-finite check)")
+    ap.add_argument("--attribute", action="store_true",
+                    help="also the user-style K=1 fit without its progress bar, without its "
+                         "logger, with nan_policy='ignore', and without all three")
     ap.add_argument("--explain", action="store_true",
                     help="also decompose the user-style per-step cost (a)-(d)")
     args = ap.parse_args()
@@ -300,7 +318,7 @@ def main() -> None:
     rows, parts = [], {}
     if args.user_repeats:
         rows, parts = user_style(args.user_repeats, tuple(args.user_dispatch),
-                                 explain=args.explain)
+                                 explain=args.explain, attribute=args.attribute)
         if args.on_device_dispatch:
             rows += user_style(args.user_repeats, tuple(args.on_device_dispatch),
                                on_device=True)[0]
