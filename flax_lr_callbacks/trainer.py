@@ -67,7 +67,7 @@ class Trainer(CallbackHost):
       steps_per_dispatch: K >= 1 steps fused into one compiled call (`lax.scan` over K
         batches, each step reading its own), for small models where dispatch dominates. It
         pays most with an ``ArrayDataset(on_device=True)``, whose K batches travel as one
-        index array: on the MLP of `benchmarks/overhead.py` (2-core CPU), 1.22-1.25x (K=10)
+        index array: on the MLP of `benchmarks/overhead.py` (2-core CPU), 1.22-1.26x (K=10)
         and 1.26-1.31x (K=50) a bare loop over host batches (1.13-1.23x one gathering on the
         device), against 0.99-1.00x at K=10 on a list of host batches. Schedules stay exact
         per step, every step is recorded; ``on_train_batch_end`` runs once per dispatch
