@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import RESULTS, machine
 
 from flax_lr_callbacks.nan_policy import step_is_finite
 
@@ -56,8 +57,9 @@ def leaves(g):
 SUMS = {
     "sum_jnp": lambda g: sum(jnp.sum(v) for v in leaves(g)),
     "sum_concat": lambda g: jnp.sum(jnp.concatenate([v.ravel() for v in leaves(g)])),
-    "sum_right": lambda g: sum(jnp.sum(v @ jnp.ones(v.shape[1])) if v.ndim == 2 else jnp.sum(v)
-                               for v in leaves(g)),
+    "sum_left": lambda g: sum(
+        jnp.sum(jnp.matmul(jnp.ones(v.shape[0]), v, preferred_element_type=jnp.float32))
+        if v.ndim == 2 else jnp.sum(v, dtype=jnp.float32) for v in leaves(g)),
 }
 
 
@@ -93,19 +95,15 @@ def variants() -> dict:
     return {name: jax.jit(f, donate_argnums=(0, 1)) for name, f in fns.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=200)
-    args = ap.parse_args()
-    fns, calls = variants(), 20
+def measure(fns: dict, rounds: int, calls: int = 20) -> dict[str, float]:
+    """Median paired difference to ``plain`` (us per step) of every variant."""
     states = {}
     for name, f in fns.items():
         p = jax.tree_util.tree_map(jnp.copy, PARAMS)
-        p, o, _ = jax.block_until_ready(f(p, TX.init(p)))  # compile
+        p, o, _ = jax.block_until_ready(f(p, TX.init(p)))  # compile (cached after the first)
         states[name] = (p, o)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         order = list(fns)
         random.shuffle(order)
         for name in order:
@@ -117,9 +115,32 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) / calls * 1e6)
             states[name] = (p, o)
     base = np.array(times["plain"])
-    print("| variant | us per step (median) | vs plain, paired median (us) |\n|---|---|---|")
-    for name, t in times.items():
-        print(f"| {name} | {np.median(t):.1f} | {np.median(np.array(t) - base):+.1f} |")
+    out = {name: float(np.median(np.array(t) - base)) for name, t in times.items()}
+    out["plain (us per step)"] = float(np.median(base))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    fns = variants()
+    runs = [measure(fns, args.rounds) for _ in range(args.runs)]
+    head = " | ".join(f"run {i + 1}" for i in range(len(runs)))
+    lines = [f"| variant (us per step vs plain, paired median) | {head} |",
+             "|---|" + "---|" * len(runs)]
+    for name in runs[0]:
+        cells = " | ".join((f"{r[name]:.1f}" if name.startswith("plain (") else
+                            f"{r[name]:+.1f}") for r in runs)
+        lines.append(f"| {name} | {cells} |")
+    text = (f"Machine: {machine()}\n\nCommand: `python benchmarks/nan_check_cost.py "
+            f"--rounds {args.rounds} --runs {args.runs}`. `check_only` and `cond` use the "
+            "Trainer's check (`nan_policy.step_is_finite`).\n\n" + "\n".join(lines) + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "nan_check_cost.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

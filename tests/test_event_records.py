@@ -52,6 +52,41 @@ def test_bulk_records_are_tensorboardx_bytes():
                 pick, steps, 1.7e9 + 0.25), (steps, tags)
 
 
+def _decoded(records):
+    """(step, tag, value) of every framed event, with both CRCs checked."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out, i = [], 0
+    while i < len(records):
+        header = records[i:i + 8]
+        (n,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", records[i + 8:i + 12])[0] == masked_crc32c(header)
+        data = records[i + 12:i + 12 + n]
+        assert struct.unpack("<I", records[i + 12 + n:i + 16 + n])[0] == masked_crc32c(data)
+        event = event_pb2.Event.FromString(data)
+        value = event.summary.value[0]
+        out.append((event.step, value.tag, value.simple_value))
+        i += 16 + n
+    return out
+
+
+def test_bulk_records_edge_cases():
+    """Nothing to write gives no bytes; step 0, negative (int64) and unsorted or repeated steps
+    decode to the steps given, in step order with the tags in order within a step."""
+    assert series_records({}, np.array([1, 2]), 1.0) == b""
+    assert series_records({"lr": np.float32([])}, np.array([], np.int64), 1.0) == b""
+    steps = np.array([5, 0, -3, 5, 2**40])
+    got = _decoded(series_records({"a": np.arange(5.0), "b": -np.arange(5.0)}, steps, 2.0))
+    assert got == [(-3, "a", 2.0), (-3, "b", -2.0), (0, "a", 1.0), (0, "b", -1.0),
+                   (5, "a", 0.0), (5, "b", -0.0), (5, "a", 3.0), (5, "b", -3.0),
+                   (2**40, "a", 4.0), (2**40, "b", -4.0)]
+    for step in (0, -1, 2**63 - 1):
+        assert _decoded(series_records({"x": [1.5]}, np.array([step]), 2.0)) == [
+            (step, "x", 1.5)]
+
+
 def test_log_series_reads_back_every_step(tmp_path):
     """A window per call, across the 1- to 2-byte step boundary, NaN kept, in step order."""
     logger = TensorBoardLogger(tmp_path)

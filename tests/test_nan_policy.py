@@ -238,3 +238,29 @@ def test_check_sees_one_bad_gradient_element(bad, shape, dtype):
         g.flat[at] = bad
         assert not bool(check(jnp.float32(1), {"w": jnp.asarray(g, dtype), "b": jnp.ones(3)},
                               hparams))
+
+
+@pytest.mark.parametrize("imag", [False, True])
+@pytest.mark.parametrize("shape", [(3, 4), (6,)])
+def test_check_sees_complex_parts(imag, shape):
+    """A complex gradient with NaN or inf in its real or its imaginary part is non-finite."""
+    from flax_lr_callbacks.nan_policy import step_is_finite
+
+    check = jax.jit(step_is_finite)
+    good = np.ones(shape, np.complex64)
+    assert bool(check(jnp.float32(1), {"w": jnp.asarray(good)}, {}))
+    for bad in (np.nan, np.inf):
+        g = good.copy()
+        g.flat[-1] = complex(1, bad) if imag else complex(bad, 1)
+        assert not bool(check(jnp.float32(1), {"w": jnp.asarray(g)}, {}))
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (2, 0, 3)])
+def test_check_accepts_empty_leaves(shape):
+    """Leaves with no elements are finite and compile (a trailing 0 dimension included)."""
+    from flax_lr_callbacks.nan_policy import step_is_finite
+
+    tree = {"empty": jnp.zeros(shape), "w": jnp.ones((2, 2))}
+    assert bool(jax.jit(step_is_finite)(jnp.float32(1), tree, {}))
+    tree["w"] = tree["w"].at[1, 1].set(jnp.nan)
+    assert not bool(jax.jit(step_is_finite)(jnp.float32(1), tree, {}))

@@ -29,13 +29,17 @@ class ProgressBar(Callback):
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:
         self._bar = tqdm(total=trainer.total_steps, initial=trainer.global_step,
-                         leave=self.leave, unit="step", dynamic_ncols=True)
+                         leave=self.leave, unit="step", dynamic_ncols=True,
+                         desc=self._epoch(trainer))
+
+    @staticmethod
+    def _epoch(trainer: Any) -> str:
+        return f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs_planned}"
 
     def on_train_epoch_start(self, trainer: Any, state: Any) -> None:
-        # shown at the next log point's update: a refresh per epoch costs more than the epoch
-        # of a small model takes to run many of its steps
-        self._bar.set_description(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs_planned}", refresh=False)
+        # drawn with the next update, at a log point: a redraw of its own at every epoch
+        # start cost more than the bar's other work together on a small model
+        self._bar.set_description(self._epoch(trainer), refresh=False)
 
     def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
         postfix = self._postfix

@@ -57,15 +57,16 @@ def _position_tables(length: int, positions: tuple[int, ...]) -> tuple[np.ndarra
     byte value b at ``positions[i]`` of a `length`-byte message changes its CRC (a CRC is
     affine in the message bits, so these changes XOR together). Cached per layout."""
     key = (length, positions)
-    if key not in _STACKS:
+    found = _STACKS.get(key)
+    if found is None:
         if len(_STACKS) > 1024:  # layouts are few (one per tag length); stay bounded anyway
             _STACKS.clear()
         rows = np.zeros((256 * len(positions), length), np.uint8)
         for i, p in enumerate(positions):
             rows[256 * i:256 * (i + 1), p] = np.arange(256)
         crc = _crc_columns(rows).reshape(len(positions), 256)
-        _STACKS[key] = (np.asarray(positions, np.intp), crc ^ crc[:, :1])
-    return _STACKS[key]
+        found = _STACKS[key] = (np.asarray(positions, np.intp), crc ^ crc[:, :1])
+    return found  # a local: another writer thread may clear the cache meanwhile
 
 
 def _mask(crc: np.ndarray) -> np.ndarray:
@@ -95,6 +96,8 @@ def crc32c_rows(rows: np.ndarray, columns: tuple[int, ...] | None = None) -> np.
 
 
 def _varint(n: int) -> bytes:
+    """Protobuf varint of an int64 (a negative one as its 64-bit two's complement: 10 bytes)."""
+    n &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while True:
         low, n = n & 0x7F, n >> 7
@@ -106,7 +109,7 @@ def _varint(n: int) -> bytes:
 def _varint_columns(values: np.ndarray, width: int) -> np.ndarray:
     """Each of `values` (non-negative int64) as a `width`-byte varint, one row per value."""
     cols = np.empty((len(values), width), np.uint8)
-    v = values.astype(np.uint64)
+    v = values.astype(np.int64).view(np.uint64)
     for j in range(width):
         cols[:, j] = (v & np.uint64(0x7F)).astype(np.uint8) | (0x80 if j < width - 1 else 0)
         v >>= np.uint64(7)
@@ -114,8 +117,10 @@ def _varint_columns(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def _varint_width(values: np.ndarray) -> np.ndarray:
-    bits = np.maximum(np.floor(np.log2(np.maximum(values, 1).astype(np.float64))) + 1, 1)
-    return np.ceil(bits / 7).astype(np.int64)
+    """Bytes of each int64's varint: 1 plus its non-zero 7-bit groups above the first (exact
+    integer arithmetic; a negative value, as 64-bit two's complement, takes 10)."""
+    v = values.astype(np.int64).view(np.uint64)
+    return 1 + sum((v >> np.uint64(7 * k) != 0).astype(np.int64) for k in range(1, 10))
 
 
 _HEADERS: dict[int, np.ndarray] = {}
@@ -154,15 +159,16 @@ _TAILS: dict[str, bytes] = {}
 
 def _summary_tail(tag: str) -> bytes:
     """``Event.summary`` field bytes of a one-value scalar summary, up to the float."""
-    if tag in _TAILS:
-        return _TAILS[tag]
+    found = _TAILS.get(tag)
+    if found is not None:
+        return found
     if len(_TAILS) > 4096:  # a run logging ever new tags: keep the cache bounded
         _TAILS.clear()
     name = tag.encode()
     value_msg = b"\x0a" + _varint(len(name)) + name + b"\x15"  # then 4 bytes of float
     summary_head = b"\x0a" + _varint(len(value_msg) + 4) + value_msg
-    _TAILS[tag] = b"\x2a" + _varint(len(summary_head) + 4) + summary_head
-    return _TAILS[tag]
+    found = _TAILS[tag] = b"\x2a" + _varint(len(summary_head) + 4) + summary_head
+    return found
 
 
 def _one_step(series: Mapping[str, np.ndarray], step: int, wall_time: float) -> bytes:
@@ -191,12 +197,15 @@ def series_records(series: Mapping[str, np.ndarray], steps: np.ndarray,
     records in step order, so the whole window is one ``tobytes``.
     """
     steps = np.asarray(steps, np.int64).reshape(-1)
+    if len(steps) == 0 or not series:
+        return b""
     if len(steps) == 1:  # one step (a log_metrics call): plain bytes beat NumPy's overhead
         return _one_step(series, int(steps[0]), wall_time)
     order = np.argsort(steps, kind="stable")
     steps = steps[order]
-    columns = [(_summary_tail(tag), np.asarray(v, "<f4").reshape(-1)[order])
-               for tag, v in series.items()]
+    with np.errstate(over="ignore"):  # beyond float32: inf, as TensorBoard would store it
+        columns = [(_summary_tail(tag), np.asarray(v, "<f4").reshape(-1)[order])
+                   for tag, v in series.items()]
     head = b"\x09" + np.float64(wall_time).astype("<f8").tobytes() + b"\x10"
     widths = _varint_width(steps)
     bounds = [0, *(np.flatnonzero(np.diff(widths)) + 1).tolist(), len(steps)]
@@ -205,5 +214,5 @@ def series_records(series: Mapping[str, np.ndarray], steps: np.ndarray,
         step_columns = _varint_columns(steps[lo:hi], int(widths[lo]))
         blocks = [_framed(head, step_columns, tail, values[lo:hi])
                   for tail, values in columns]
-        out.append(np.hstack(blocks).tobytes() if len(blocks) > 1 else blocks[0].tobytes())
+        out.append(np.hstack(blocks).tobytes())
     return b"".join(out)
