@@ -90,9 +90,9 @@ def _leaf_sum(x: Any) -> jax.Array:
     """The float32 sum of one leaf (a complex leaf: of its real and imaginary parts).
 
     A real floating leaf of two or more dimensions is summed as a matrix-vector product with
-    ones, then over the vector: XLA:CPU runs that as one vectorised library
-    call, where a full ``jnp.sum`` is a slower reduction (see the module docstring for the
-    cost). NaN and inf propagate through the product as through a sum."""
+    ones, then over the vector: XLA:CPU runs that as one vectorised library call, where a
+    full ``jnp.sum`` is a slower reduction (see the module docstring for the cost). NaN and
+    inf propagate through the product as through a sum."""
     if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
         return _leaf_sum(jnp.real(x)) + _leaf_sum(jnp.imag(x))
     if jnp.size(x) == 0:

@@ -49,7 +49,6 @@ def _crc_bytes(data: bytes) -> int:
 
 
 _STACKS: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
-_ROWS = np.arange(64)[None, :]
 
 
 def _position_tables(length: int, positions: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -86,12 +85,10 @@ def crc32c_rows(rows: np.ndarray, columns: tuple[int, ...] | None = None) -> np.
     if n > 1:
         if columns is None:
             columns = tuple(int(c) for c in np.flatnonzero((rows != rows[0]).any(axis=0)))
-        if len(columns) > _ROWS.shape[1]:  # rows mostly different: column by column
-            return _mask(_crc_columns(rows))
         if columns:
             picks, tables = _position_tables(length, columns)
             changes = rows[:, picks] ^ rows[0, picks]
-            crc ^= np.bitwise_xor.reduce(tables[_ROWS[:, :len(picks)], changes], axis=1)
+            crc ^= np.bitwise_xor.reduce(tables[np.arange(len(picks)), changes], axis=1)
     return _mask(crc)
 
 
@@ -129,10 +126,20 @@ _HEADERS: dict[int, np.ndarray] = {}
 def _header(length: int) -> np.ndarray:
     """A record's first 12 bytes: its length and the masked CRC32C of that (cached)."""
     if length not in _HEADERS:
-        size = np.uint64(length).astype("<u8").tobytes()
-        crc = _mask(np.uint32([_crc_bytes(size)]))
-        _HEADERS[length] = np.frombuffer(size + crc.astype("<u4").tobytes(), np.uint8)
+        size = struct.pack("<Q", length)
+        _HEADERS[length] = np.frombuffer(size + _masked(_crc_bytes(size)), np.uint8)
     return _HEADERS[length]
+
+
+def _masked(crc: int) -> bytes:
+    """One CRC masked as TFRecord stores it (`_mask` for a Python int), little-endian."""
+    rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
+    return struct.pack("<I", (rotated + int(_MASK_DELTA)) & 0xFFFFFFFF)
+
+
+def _event_head(wall_time: float) -> bytes:
+    """An Event's wall-time field and the tag byte of its step field."""
+    return b"\x09" + struct.pack("<d", wall_time) + b"\x10"
 
 
 def _framed(head: bytes, step_columns: np.ndarray, tail: bytes, values: np.ndarray
@@ -172,19 +179,14 @@ def _summary_tail(tag: str) -> bytes:
 
 
 def _one_step(series: Mapping[str, np.ndarray], step: int, wall_time: float) -> bytes:
-    head = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
+    """`series_records` for one step, as plain bytes (NumPy's per-call cost dominates here)."""
+    head = _event_head(wall_time) + _varint(step)
     out = []
     for tag, value in series.items():
         with np.errstate(over="ignore"):  # beyond float32: inf, as TensorBoard would store it
             data = head + _summary_tail(tag) + np.asarray(value, "<f4").reshape(1).tobytes()
-        size = struct.pack("<Q", len(data))
-        out += [size, _masked(_crc_bytes(size)), data, _masked(_crc_bytes(data))]
+        out += [_header(len(data)).tobytes(), data, _masked(_crc_bytes(data))]
     return b"".join(out)
-
-
-def _masked(crc: int) -> bytes:
-    return struct.pack("<I", ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8)
-                       & 0xFFFFFFFF)
 
 
 def series_records(series: Mapping[str, np.ndarray], steps: np.ndarray,
@@ -206,7 +208,7 @@ def series_records(series: Mapping[str, np.ndarray], steps: np.ndarray,
     with np.errstate(over="ignore"):  # beyond float32: inf, as TensorBoard would store it
         columns = [(_summary_tail(tag), np.asarray(v, "<f4").reshape(-1)[order])
                    for tag, v in series.items()]
-    head = b"\x09" + np.float64(wall_time).astype("<f8").tobytes() + b"\x10"
+    head = _event_head(wall_time)
     widths = _varint_width(steps)
     bounds = [0, *(np.flatnonzero(np.diff(widths)) + 1).tolist(), len(steps)]
     out = []
