@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flax_lr_callbacks import carry as carry_lib
 from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.data.source import validation_batches
@@ -41,24 +40,18 @@ class CompiledSteps:
         self.train = jax.jit(self._step, donate_argnums=0, out_shardings=sharding)
         self.fused = jax.jit(self._fused, donate_argnums=0, out_shardings=sharding)
         self.eval = jax.jit(self._eval_batch)
-        # the host-side halves of `carry.pack` / `carry.unpack` (one dispatch each)
-        self.pack_scalars = jax.jit(carry_lib.stack_groups, out_shardings=sharding)
-        self.unpack_scalars = jax.jit(carry_lib.split_groups, out_shardings=sharding)
 
-    def _step(self, ts: TrainerState | carry_lib.Carry, batch: Any) -> Any:
-        """One step; takes and returns a `TrainerState`, or a `carry.Carry` (the Trainer's)."""
+    def _step(self, ts: TrainerState, batch: Any) -> TrainerState:
         self.num_step_traces += 1  # Python side effect: runs only when tracing
-        return carry_lib.through(ts, lambda ts: step_lib.train_step(
-            ts, batch, loss=self.loss, callbacks=self.callbacks, buffer_size=self.buffer_size,
-            nan_policy=self.nan_policy))
+        return step_lib.train_step(ts, batch, loss=self.loss, callbacks=self.callbacks,
+                                   buffer_size=self.buffer_size, nan_policy=self.nan_policy)
 
-    def _fused(self, ts: TrainerState | carry_lib.Carry, batches: Any) -> Any:
+    def _fused(self, ts: TrainerState, batches: Any) -> TrainerState:
         """K steps; `batches` is a tuple of K batches (read by index inside the scan, not
         stacked)."""
         self.num_fused_traces += 1
-        return carry_lib.through(ts, lambda ts: step_lib.fused_steps(
-            ts, batches, loss=self.loss, callbacks=self.callbacks, buffer_size=self.buffer_size,
-            nan_policy=self.nan_policy))
+        return step_lib.fused_steps(ts, batches, loss=self.loss, callbacks=self.callbacks,
+                                    buffer_size=self.buffer_size, nan_policy=self.nan_policy)
 
     def _eval_batch(self, state: Any, batch: Any) -> dict[str, jax.Array]:
         return step_lib.eval_sums(state, batch, loss=self.loss, eval_fn=self.eval_fn)
@@ -76,14 +69,10 @@ class CompiledSteps:
         count = float(totals.pop("_count"))
         return {f"val_{k}": float(v) / count for k, v in totals.items()}
 
-    def fetch_window(self, ts: TrainerState | carry_lib.Carry, start: int, end: int
-                     ) -> tuple[dict[str, Any], Any]:
+    def fetch_window(self, ts: TrainerState, start: int, end: int) -> tuple[dict[str, Any], Any]:
         """The records of steps ``start..end-1`` (``{"step": ..., <record key>: column}``) and
         the NaN-policy counters, in one device-to-host transfer."""
-        if isinstance(ts, carry_lib.Carry):
-            buffer, nonfinite = carry_lib.fetch_window(ts)
-        else:
-            buffer, nonfinite = jax.device_get((ts.buffer, ts.nonfinite))
+        buffer, nonfinite = jax.device_get((ts.buffer, ts.nonfinite))
         rows = buffer[np.arange(start, end) % self.buffer_size]
         history = {"step": np.arange(start, end)}
         history.update({k: rows[:, i] for i, k in enumerate(self.record_keys)})

@@ -21,7 +21,6 @@ from flax_lr_callbacks import lr_sweep
 from flax_lr_callbacks import nan_policy as nan_lib
 from flax_lr_callbacks import step as step_lib
 from flax_lr_callbacks.callbacks.base import Callback
-from flax_lr_callbacks.carry import CarryHost
 from flax_lr_callbacks.compiled import CompiledSteps
 from flax_lr_callbacks.contract import RunPlan
 from flax_lr_callbacks.data import on_device
@@ -36,7 +35,7 @@ from flax_lr_callbacks.trainer_settings import check_fit_args, checked_settings,
 __all__ = ["Trainer", "TrainerState"]
 
 
-class Trainer(CarryHost, CallbackHost):
+class Trainer(CallbackHost):
     """Fits a Flax train state with LR callbacks running inside one jitted step.
 
     Args:
@@ -139,9 +138,10 @@ class Trainer(CarryHost, CallbackHost):
                                doc="Times the train step was traced (compiles per shape).")
     num_fused_traces = property(lambda self: self.steps.num_fused_traces,
                                 doc="Times the fused K-step call was traced.")
-    num_step_compiles = property(lambda self: self.steps.train._cache_size(), doc=(
-        "Executables compiled for the train step (a trace can compile more than once when "
-        "input placement changes; tests check both this and `num_step_traces`)."))
+    num_step_compiles = property(
+        lambda self: self.steps.train._cache_size(),
+        doc="Executables compiled for the train step (a trace can compile more than once when "
+            "input placement changes; tests check both this and `num_step_traces`).")
     num_fused_compiles = property(lambda self: self.steps.fused._cache_size(),
                                   doc="Executables compiled for the fused K-step call.")
 
@@ -260,12 +260,12 @@ class Trainer(CarryHost, CallbackHost):
         if len(batches) == self.steps_per_dispatch > 1 and all(
                 shapes(b) == self._batch_shapes for b in batches):
             group = self.placement.put_group(on_device.group(batches))
-            self._advance(self.steps.fused(self._carried(), group))
+            self.trainer_state = self.steps.fused(self.trainer_state, group)
             self._after_steps(len(batches))
             return
         step = self.steps.train
         for batch in batches:
-            self._advance(step(self._carried(), batch if put is None else put(batch)))
+            self.trainer_state = step(self.trainer_state, batch if put is None else put(batch))
             self._after_steps(1)
 
     def _after_steps(self, n: int) -> None:
@@ -276,14 +276,14 @@ class Trainer(CarryHost, CallbackHost):
         if progress.global_step % self.log_every_n_steps < n:  # a log point was reached
             self._log_point()
         for cb in self._hook_users["on_train_batch_end"]:
-            cb.on_train_batch_end(self, self._current_train_state())
+            cb.on_train_batch_end(self, self.trainer_state.train_state)
 
     def _log_point(self) -> None:
         """Fetches the metric buffer in one transfer and hands the window to callbacks."""
         start, end = self.progress.window_start, self.global_step
         if end <= start:
             return
-        history, nonfinite = self.steps.fetch_window(self._carried(), start, end)
+        history, nonfinite = self.steps.fetch_window(self.trainer_state, start, end)
         train, self._warned_skipped = nan_lib.window_metrics(  # raises for a stopped run
             self, history, nonfinite, warned=self._warned_skipped)
         self.progress.window_start = end
