@@ -105,10 +105,23 @@ def merge_rows(name: str, rows: list[dict], key: str = "model") -> list[dict]:
     return [r for r in old.get("rows", []) if r.get(key) not in mine] + rows
 
 
+NOTES = "\nNotes ("  # where the hand-written part of a results file starts
+
+
 def write(name: str, payload: dict, table: str) -> None:
-    """Writes results/<name>.json and results/<name>.md (table + machine)."""
+    """Writes results/<name>.json and results/<name>.md (table + machine).
+
+    A hand-written part of the old .md (from a line starting with ``Notes (``) is kept after
+    the new table, with a reminder on stderr that it describes the earlier run.
+    """
     RESULTS.mkdir(exist_ok=True)
     payload = {"machine": machine(), **payload}
+    md = RESULTS / f"{name}.md"
+    old = md.read_text() if md.exists() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    (RESULTS / f"{name}.md").write_text(f"Machine: {payload['machine']}\n\n{table}\n")
+    md.write_text(f"Machine: {payload['machine']}\n\n{table}\n{notes}")
+    if notes:
+        print(f"{md}: the notes of the earlier run are kept below the new table; update them",
+              file=sys.stderr)
     print(f"Machine: {payload['machine']}\n\n{table}")
