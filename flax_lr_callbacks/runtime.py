@@ -158,25 +158,33 @@ def end_fit(host: Any, error: BaseException | None) -> None:
     """Ends a fit: tears the callbacks down, then finalizes the logger (bounded in time).
 
     A `LoggerError` that stopped the run, and a finalize error after a finished one, carry
-    the trained state as ``err.state``; while another error is on its way out, a finalize
-    error becomes a note on it instead of hiding it.
+    the trained state as ``err.state``. Every callback is torn down even when one fails (the
+    checkpoint, torn down last, finishes its writes); while another error is on its way out,
+    a teardown or finalize error becomes a note on it instead of hiding it.
     """
     from flax_lr_callbacks.loggers.errors import LoggerError
 
     if isinstance(error, LoggerError):
         _attach_state(host, error, "Training stopped after")
-    try:
-        for cb in host.callbacks:
+    failed = None  # the first teardown error of a fit that had none
+    for cb in host.callbacks:  # every callback is torn down, even after one failed
+        try:
             cb.teardown(host, host.trainer_state.train_state)
-    except BaseException as e:
-        error = error or e
-        raise
-    finally:
-        if host.logger is not None:
-            try:
-                host.logger.finalize()
-            except Exception as e:
-                if error is None:
-                    _attach_state(host, e, "Training finished at")
-                    raise
-                error.add_note(f"The logger's finalize failed too: {e}")
+        except BaseException as e:
+            note = f"{cb!r}.teardown failed too: {type(e).__name__}: {e}"
+            if error is not None:  # the error that ended the fit stays the one raised
+                error.add_note(note)
+            elif failed is None:
+                failed = e
+            else:
+                failed.add_note(note)
+    if host.logger is not None:
+        try:
+            host.logger.finalize()
+        except Exception as e:
+            if error is None and failed is None:
+                _attach_state(host, e, "Training finished at")
+                raise
+            (error or failed).add_note(f"The logger's finalize failed too: {e}")
+    if failed is not None:
+        raise failed

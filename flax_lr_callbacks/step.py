@@ -142,8 +142,15 @@ def _step(ts: TrainerState, batch: Any, loss: LossFn, callbacks: Sequence[Callba
         return new, lr_lib.observed(callbacks, lr, value, metrics, grads, state.params,
                                     new.params)
 
-    def reject(state, lr):  # the clock moves on; the callback states stay as they were
-        return ts.train_state, lr._replace(callback_states=ts.lr_state.callback_states)
+    def reject(state, lr):  # the clock moves on; the callback states stay as they were,
+        # except for callbacks that watch rejected steps (`Callback.observes_rejected`)
+        kept = ts.lr_state.callback_states
+        if any(getattr(cb, "observes_rejected", False) for cb in callbacks):
+            seen = lr_lib.observed(callbacks, lr, value, metrics, grads, state.params,
+                                   state.params).callback_states
+            kept = tuple(new if getattr(cb, "observes_rejected", False) else old
+                         for cb, new, old in zip(callbacks, seen, kept))
+        return ts.train_state, lr._replace(callback_states=kept)
 
     nonfinite = ts.nonfinite
     if nan_policy in ("ignore", "optimistic"):  # optimistic: the caller decides afterwards

@@ -348,3 +348,54 @@ def test_no_suggestion_for_a_waiting_schedule_says_why():
         with pytest.raises(ValueError, match=r"LRFinder found no learning rate for OneCycle.*"
                                              r"recorded 3 of 3 steps"):
             trainer.fit(make_state(), sweep_data())
+
+
+def test_finder_passes_over_a_momentum_schedule():
+    """A momentum `LRSchedule` (it has set_peak too) between the finder and the LR schedule
+    keeps its values; the LR schedule gets the suggestion. Inside a composite, too."""
+    mom = LRSchedule(lambda s: 0.85 + 0.0 * s, hyperparam="momentum")
+    sched, mon = CosineRestarts(t_0=5), LearningRateMonitor()
+    finder_cb = LRFinder(num_steps=30, plot_path=None)
+    trainer = Trainer(loss_fn, max_epochs=2, callbacks=[finder_cb, mom, sched, mon],
+                      enable_progress_bar=False)
+    trainer.fit(make_state(), sweep_data())
+    lr = finder_cb.result.suggestion
+    assert float(trainer.callback_state(sched).base_lr) == pytest.approx(lr, rel=1e-6)
+    np.testing.assert_allclose(mon.history["momentum"][1], 0.85, rtol=1e-6)
+    assert mom._peak_target is None
+
+    from flax_lr_callbacks import Sequential
+
+    mom, inner = LRSchedule(lambda s: 0.85 + 0.0 * s, hyperparam="momentum"), OneCycle(
+        max_lr=None, cycle_momentum=False)
+    Sequential([inner, mom], boundaries=[5]).set_peak(None, 0.1)
+    assert inner.peak() == 0.1 and mom._peak_target is None
+
+
+def test_apply_to_must_schedule_the_learning_rate():
+    mom = LRSchedule(lambda s: 0.9 + 0.0 * s, hyperparam="momentum")
+    with pytest.raises(TypeError, match=r"apply_to must be a callback that sets the learning "
+                                        r"rate.*hyperparam='momentum'"):
+        LRFinder(apply_to=mom)
+
+
+def test_peak_reports_the_value_the_finder_applied():
+    """An explicit max_lr is replaced by the finder's suggestion, and peak() says so."""
+    sched, finder_cb = OneCycle(max_lr=0.5), LRFinder(num_steps=30, plot_path=None)
+    trainer = Trainer(loss_fn, max_epochs=1, callbacks=[finder_cb, sched],
+                      enable_progress_bar=False)
+    trainer.fit(make_state(), sweep_data())
+    lr = finder_cb.result.suggestion
+    assert lr != pytest.approx(0.5)
+    assert sched.peak() == pytest.approx(lr)
+    assert float(trainer.callback_state(sched).max_lr) == pytest.approx(lr, rel=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.0])  # negative plans are refused earlier
+def test_lrschedule_without_a_positive_maximum_cannot_take_a_peak(value):
+    sched = LRSchedule(lambda s: value + 0.0 * s)
+    trainer = Trainer(loss_fn, max_epochs=1, enable_progress_bar=False,
+                      callbacks=[LRFinder(num_steps=30, plot_path=None), sched])
+    with pytest.raises(ValueError, match=r"cannot rescale to a peak.*largest planned value "
+                                         r"over the \d+ steps of the run is"):
+        trainer.fit(make_state(), sweep_data())

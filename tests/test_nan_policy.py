@@ -264,3 +264,30 @@ def test_check_accepts_empty_leaves(shape):
     assert bool(jax.jit(step_is_finite)(jnp.float32(1), tree, {}))
     tree["w"] = tree["w"].at[1, 1].set(jnp.nan)
     assert not bool(jax.jit(step_is_finite)(jnp.float32(1), tree, {}))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_grad_norm_guard_sees_the_steps_skip_rejects(k):
+    """nan_policy='skip' drops a NaN step, but GradNormGuard (observes_rejected) still counts
+    it as a spike and cuts the LR; a callback without the flag keeps its state."""
+    from flax_lr_callbacks import GradNormGuard, LearningRateMonitor
+
+    class Counter(Callback):  # counts the steps it observes
+        def init_state(self, plan, hparams):
+            return jnp.int32(0)
+
+        def observe(self, ctx, obs, state):
+            return state + 1
+
+    guard, counter, mon = GradNormGuard(warmup_steps=1, factor=0.5), Counter(), \
+        LearningRateMonitor()
+    trainer = Trainer(nan_at_example(3 * 16), max_steps=6, log_every_n_steps=6,
+                      steps_per_dispatch=k, nan_policy="skip", enable_progress_bar=False,
+                      callbacks=[guard, counter, mon])
+    with recorded():
+        out = trainer.fit(make_state(), indexed_data())
+    assert int(trainer.callback_state(guard).num_spikes) == 1
+    assert int(trainer.callback_state(counter)) == 5  # step 3 rejected: not observed
+    lr = np.asarray(mon.history["lr"][1])
+    assert lr[3] == pytest.approx(0.1) and lr[4] == pytest.approx(0.05)
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(out))

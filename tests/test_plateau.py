@@ -168,3 +168,19 @@ def test_fresh_state_per_fit_and_state_dict_roundtrip(data, state):
     other = ReduceLROnPlateau(monitor="val_flat", patience=1, factor=0.5, cooldown=1)
     other.load_state_dict(saved)
     assert other.state == plateau.state and other.reductions == plateau.reductions
+
+
+def test_step_checks_of_a_val_monitor_count_each_validation_once(data, state):
+    """check_on=N with a val_* monitor: a check between two validations would read the same
+    value again; it is skipped, so only a new validation counts (Lightning counts it twice)."""
+    plateau = ReduceLROnPlateau(monitor="val_flat", patience=0, factor=0.5, check_on=2)
+    Trainer(loss_fn, max_epochs=4, log_every_n_steps=2, eval_fn=flat_metric,
+            enable_progress_bar=False, callbacks=[plateau]).fit(state, *data)
+    # validations after steps 6, 12, 18, 24: the first check after each counts (8 sets the
+    # best, 14 and 20 are bad); checks at 2-6, 10-12, 16-18 and 22-24 see no new value
+    assert [r["step"] for r in plateau.reductions] == [14, 20]
+    saved = plateau.state_dict()
+    assert saved["validations"] == 4 and saved["checked_validations"] == 3
+    other = ReduceLROnPlateau(monitor="val_flat", patience=0, factor=0.5, check_on=2)
+    other.load_state_dict(saved)
+    assert other.check_state() == plateau.check_state()

@@ -255,3 +255,36 @@ def test_trainer_state_old_lr_fields_read_lr_state_and_warn():
         assert record[0].filename == __file__  # points at the reading line
         with pytest.raises(AttributeError):
             setattr(ts, name, got)
+
+
+class _BadTeardown(Callback):
+    def teardown(self, trainer, state):
+        raise OSError("disk gone in teardown")
+
+
+class _RecordsTeardown(Callback):
+    torn_down = False
+
+    def teardown(self, trainer, state):
+        self.torn_down = True
+
+
+def test_a_failing_teardown_neither_skips_the_others_nor_hides_the_error(data, state):
+    """Every callback is torn down after one fails (a checkpoint last in line still
+    finishes); a fit that failed keeps its own error, with the teardown one as a note."""
+    from conftest import Crash, CrashAt
+
+    later = _RecordsTeardown()
+    trainer = Trainer(loss_fn, max_epochs=1, enable_progress_bar=False,
+                      callbacks=[_BadTeardown(), later])
+    with pytest.raises(OSError, match="disk gone in teardown"):
+        trainer.fit(state, data[0])
+    assert later.torn_down
+
+    later = _RecordsTeardown()
+    trainer = Trainer(loss_fn, max_epochs=1, enable_progress_bar=False,
+                      callbacks=[CrashAt(2), _BadTeardown(), later])
+    with pytest.raises(Crash) as info:
+        trainer.fit(state, data[0])
+    assert later.torn_down
+    assert any("_BadTeardown" in n and "disk gone" in n for n in info.value.__notes__)

@@ -66,12 +66,16 @@ class Callback:
       sets: names of hyperparameters whose base value this callback's `rule` computes.
       scales: names of hyperparameters this callback's `rule` multiplies.
       groups: optimizer groups it targets (``None``: every group that has the name).
+      observes_rejected: `observe` also sees the steps a ``nan_policy`` of ``"skip"`` or
+        ``"stop"`` rejects (not finite, update not applied; its update norm is 0). Default
+        False: a rejected step leaves this callback's state as it was.
     """
 
     sets: tuple[str, ...] = ()
     scales: tuple[str, ...] = ()
     groups: tuple[str, ...] | None = None
     observes: tuple[str, ...] = ()
+    observes_rejected: bool = False
 
     @property
     def has_rule(self) -> bool:

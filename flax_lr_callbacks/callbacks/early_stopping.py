@@ -204,7 +204,7 @@ class EarlyStopping(MonitoredCallback):
     def state_dict(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "wait_count": self.wait_count,
                 "stopped_epoch": self.stopped_epoch, "stopped_step": self.stopped_step,
-                "reason": self.reason, "next_check": self._next_check}
+                "reason": self.reason, **self.check_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_score = float(state_dict["best_score"])
@@ -212,7 +212,7 @@ class EarlyStopping(MonitoredCallback):
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.stopped_step = state_dict["stopped_step"]
         self.reason = state_dict["reason"]
-        self._next_check = int(state_dict["next_check"])
+        self.load_check_state(state_dict)
 
     def __repr__(self) -> str:
         return (f"EarlyStopping(monitor={self.monitor!r}, mode={self.mode!r}, "

@@ -35,7 +35,9 @@ class GradNormGuard(Callback):
     asks for it), and the decision is device state, checkpointed and resumed exactly.
 
     The step in which the spike happens has already been applied with the old LR; the guard
-    protects the steps after it (a spike is often followed by more). It is a modifier and
+    protects the steps after it (a spike is often followed by more). With
+    ``Trainer(nan_policy="skip")`` a non-finite step is not applied but still counts as a
+    spike here, so repeated NaN gradients cut the LR. It is a modifier and
     composes with any schedule: applied LR = scheduled LR x scale.
 
     Args:
@@ -61,6 +63,7 @@ class GradNormGuard(Callback):
     """
 
     observes = ("grad_norm",)
+    observes_rejected = True  # a step nan_policy rejects for a non-finite norm is a spike
 
     def __init__(self, threshold: float = 3.0, factor: float = 0.5, recovery_steps: int = 20,
                  warmup_steps: int = 10, *, beta: float = 0.9, min_scale: float = 1e-3,

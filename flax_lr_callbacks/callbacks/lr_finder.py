@@ -19,6 +19,12 @@ __all__ = ["LRFinder"]
 log = logging.getLogger("flax_lr_callbacks")
 
 
+def _takes_lr_peak(callback: Any) -> bool:
+    """A schedule of the learning rate that takes a peak (not a momentum or weight-decay
+    `LRSchedule`, which has `set_peak` too)."""
+    return hasattr(callback, "set_peak") and "learning_rate" in getattr(callback, "sets", ())
+
+
 class LRFinder(Callback):
     """Runs `Trainer.lr_find` before training and uses its suggestion as the peak LR.
 
@@ -37,7 +43,8 @@ class LRFinder(Callback):
         (``valley``, ``slide``, ``minimum``, ``steep``) and Lightning (``gradient``,
         ``gradient_lr``) rules are there by name.
       apply_to: the callback that receives the suggestion; default: the first one after this
-        callback that takes a peak.
+        callback that sets the learning rate and takes a peak (a schedule of momentum or
+        weight decay is passed over).
       plot_path: PNG path; ``"auto"`` (default) writes ``lr_finder.png`` into the logger's
         folder when there is one; None writes nothing.
 
@@ -58,8 +65,9 @@ class LRFinder(Callback):
 
         self.kwargs = validate_args(min_lr, max_lr, num_steps, mode, smoothing,
                                     diverge_threshold, suggestion)
-        if apply_to is not None and not hasattr(apply_to, "set_peak"):
-            raise TypeError(f"apply_to must take a peak (have set_peak), got {apply_to!r}")
+        if apply_to is not None and not _takes_lr_peak(apply_to):
+            raise TypeError(f"apply_to must be a callback that sets the learning rate and takes "
+                            f"a peak (has set_peak), got {apply_to!r}")
         if plot_path is not None and not isinstance(plot_path, (str, os.PathLike)):
             raise TypeError(f"plot_path must be a path, 'auto' or None, got {plot_path=!r}")
         self.apply_to = apply_to
@@ -71,7 +79,7 @@ class LRFinder(Callback):
         if self.apply_to is not None:
             return self.apply_to
         after = trainer.callbacks[trainer.callbacks.index(self) + 1:]
-        return next((c for c in after if hasattr(c, "set_peak")), None)
+        return next((c for c in after if _takes_lr_peak(c)), None)
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:
         if getattr(trainer, "resuming", False) and self.result is not None:

@@ -8,6 +8,8 @@ whatever other callbacks put there. Missing monitors are errors, not silent no-o
 * at fit start, a ``val_*`` monitor (or ``check_on="validation"``) in a fit that never
   validates (`RunPlan.validates` is False) raises a ValueError;
 * at a check, a monitor absent from the metrics raises a KeyError listing the available ones.
+  With a step-based ``check_on``, a ``val_*`` monitor is checked only when a validation ran
+  since the last check: the same value is never counted twice.
   The one exception is a ``val_*`` monitor checked before the first validation has run (a
   step-based ``check_on``): that check is skipped (with one warning when the host cannot tell
   whether validation will run, as in the drop-in `LRCallbacks`).
@@ -75,6 +77,8 @@ class MonitoredCallback(Callback):
     strict: bool = False
     _next_check: int = 0
     _warned_pending: bool = False
+    _validations: int = 0  # validations seen this fit
+    _checked_validations: int = -1  # `_validations` at the last step-based check of a val_*
 
     def check_can_appear(self, trainer: Any) -> None:
         """Raises ValueError when the plan says the monitor or the check point never comes."""
@@ -96,13 +100,32 @@ class MonitoredCallback(Callback):
         self.check_can_appear(trainer)
         self._next_check = self.check_on if isinstance(self.check_on, int) else 0
         self._warned_pending = False
+        self._validations, self._checked_validations = 0, -1
+
+    def check_state(self) -> dict[str, int]:
+        """The check bookkeeping, for the subclass's `state_dict` (resume)."""
+        return {"next_check": self._next_check, "validations": self._validations,
+                "checked_validations": self._checked_validations}
+
+    def load_check_state(self, state_dict: dict[str, Any]) -> None:
+        self._next_check = int(state_dict["next_check"])
+        # absent from checkpoints written before 0.2: no step-based check had counted one
+        self._validations = int(state_dict.get("validations", 0))
+        self._checked_validations = int(state_dict.get("checked_validations", -1))
 
     def on_log(self, trainer: Any, state: Any, history: dict[str, Any]) -> None:
         if isinstance(self.check_on, int) and trainer.global_step >= self._next_check:
             self._next_check = trainer.global_step + self.check_on
+            if self.monitor.startswith("val_"):
+                # A val_* value changes only at a validation: checking it again between two
+                # would count the same value as a new evaluation (Lightning does; we skip).
+                if self._validations == self._checked_validations:
+                    return
+                self._checked_validations = self._validations
             self._check(trainer)
 
     def on_validation_end(self, trainer: Any, state: Any) -> None:
+        self._validations += 1
         if self.check_on == "validation":
             self._check(trainer)
 

@@ -21,9 +21,11 @@ class PeakFromFinder:
     _peak_from_finder: float | None = None
 
     def peak(self) -> float | None:
-        """The peak given to the constructor, else the one an LR finder set (else None)."""
-        given = getattr(self, self.peak_arg)
-        return given if given is not None else self._peak_from_finder
+        """The peak the schedule applies: the one an LR finder (or `set_peak`) set, else the
+        one given to the constructor (else None)."""
+        if self._peak_from_finder is not None:
+            return self._peak_from_finder
+        return getattr(self, self.peak_arg)
 
     def check_peak(self, value: float) -> None:
         """Raises ValueError if `value` cannot be this schedule's peak."""

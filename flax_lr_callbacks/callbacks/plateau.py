@@ -97,7 +97,9 @@ class ReduceLROnPlateau(MonitoredCallback):
       min_lr: lower bound of the reduced LR (>= 0). Default 0.
       eps: reductions changing the LR by no more than this are skipped (>= 0). Default 1e-8.
       check_on: ``"validation"`` (after each validation, default), ``"epoch"`` (each epoch end),
-        or an int N (every N steps, at log points; use a train metric such as ``train_loss``).
+        or an int N (every N steps, at log points; use a train metric such as ``train_loss``;
+        a ``val_*`` monitor is then checked only when a validation ran since the last check,
+        where Lightning's step interval counts the same value again).
       hyperparam: the hyperparameter to scale. Default ``"learning_rate"``.
       strict: also raise when a ``val_*`` monitor is missing before the first validation
         (by default that check is skipped). A monitor missing at any other check is always
@@ -231,13 +233,13 @@ class ReduceLROnPlateau(MonitoredCallback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": self.state._asdict(), "reductions": list(self.reductions),
-                "last_lr": self._last_lr, "next_check": self._next_check}
+                "last_lr": self._last_lr, **self.check_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.state = PlateauState(**state_dict["state"])
         self.reductions = list(state_dict["reductions"])
         self._last_lr = state_dict["last_lr"]
-        self._next_check = state_dict["next_check"]
+        self.load_check_state(state_dict)
 
     def __repr__(self) -> str:
         return (f"ReduceLROnPlateau(monitor={self.monitor!r}, mode={self.mode!r}, "

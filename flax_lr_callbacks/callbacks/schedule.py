@@ -7,6 +7,7 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flax_lr_callbacks.callbacks.clocks import UNITS, clock, horizon, write
 from flax_lr_callbacks.validation import check_names, check_str, check_choice, check_number
@@ -70,9 +71,17 @@ class LRSchedule(Callback):
         self._peak_target: float | None = None
 
     def _planned_max(self, plan: RunPlan) -> float:
+        """The schedule's largest planned value; raises when it cannot be rescaled to a
+        peak (not positive or not finite)."""
         count = horizon(plan.total_steps, plan.steps_per_epoch, self.unit)
         values = jax.vmap(self.schedule)(jnp.arange(count))
-        return float(jnp.max(values))
+        top = float(jnp.max(values))
+        if not (np.isfinite(top) and top > 0):
+            raise ValueError(
+                f"{self!r}: cannot rescale to a peak from an LR finder: the schedule's largest "
+                f"planned value over the {count} {self.unit}s of the run is {top}, and "
+                "rescaling needs a finite value > 0")
+        return top
 
     def init_state(self, plan: RunPlan, hparams: Hyperparams) -> PeakScale:
         scale = 1.0
