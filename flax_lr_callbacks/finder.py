@@ -78,13 +78,15 @@ def stop_index(losses: np.ndarray, smoothed: np.ndarray, diverge_threshold: floa
 
     The sweep stops at the first non-finite loss (that step is dropped) or at the first step
     whose smoothed loss exceeds ``diverge_threshold * best smoothed loss so far`` (kept, so the
-    blow-up shows in the plot).
+    blow-up shows in the plot). Written sign-safe, as ``best + (diverge_threshold - 1) *
+    |best|``: the same for a positive loss (fastai's and Lightning's rule), and a negative
+    loss (a log-likelihood with an offset) does not stop the sweep at its second step.
     """
     best = np.inf
     for i, (raw, s) in enumerate(zip(losses, smoothed)):
         if not (np.isfinite(raw) and np.isfinite(s)):
             return i
-        if i > 0 and s > diverge_threshold * best:
+        if i > 0 and s > best + (diverge_threshold - 1) * abs(best):
             return i
         best = min(best, s)
     return None

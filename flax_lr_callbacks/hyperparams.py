@@ -30,18 +30,9 @@ import optax
 
 from flax_lr_callbacks.validation import check_names, check_number
 
-__all__ = [
-    "Hyperparams",
-    "DEFAULT_GROUP",
-    "injectable",
-    "find_groups",
-    "get_hyperparams",
-    "set_hyperparams",
-    "get_hyperparam",
-    "set_hyperparam",
-    "check_targets",
-    "scheduled_names",
-]
+__all__ = ["Hyperparams", "DEFAULT_GROUP", "injectable", "find_groups", "get_hyperparams",
+           "set_hyperparams", "get_hyperparam", "set_hyperparam", "check_targets",
+           "scheduled_names"]
 
 DEFAULT_GROUP = "default"
 
@@ -104,8 +95,8 @@ def find_groups(opt_state: Any) -> dict[str, Any]:
     if not nodes:
         raise TypeError(
             "optimizer has no injectable hyperparameters; build it with "
-            "optax.inject_hyperparams(optax.sgd)(learning_rate=0.1) or "
-            "flax_lr_callbacks.injectable(optax.sgd, learning_rate=0.1)"
+            "flax_lr_callbacks.injectable(optax.sgd, learning_rate=0.1) or optax."
+            "inject_hyperparams(optax.sgd, hyperparam_dtype=jnp.float32)(learning_rate=0.1)"
         )
     labels = [_dict_label(p) for p, _ in nodes]
     if len(set(labels)) != len(labels):
@@ -151,8 +142,8 @@ def _raise_unknown_or_ambiguous(name: str, groups: Mapping[str, Any], having: li
     example = "learning_rate=0.1" if name == "learning_rate" else f"learning_rate=0.1, {name}=..."
     raise TypeError(
         f"optimizer has no injectable {name!r} (injected: {available}); build it with "
-        f"optax.inject_hyperparams(optax.sgd)({example}) or "
-        f"flax_lr_callbacks.injectable(optax.sgd, {example}), using an optimizer that "
+        f"flax_lr_callbacks.injectable(optax.sgd, {example}) or optax.inject_hyperparams("
+        f"optax.sgd, hyperparam_dtype=jnp.float32)({example}), using an optimizer that "
         f"takes {name!r}"
     )
 
@@ -218,7 +209,8 @@ def check_targets(
 
     Raises:
       TypeError: the optimizer is not injected, a name is not injected in a targeted group,
-        or a name was given to optax as a schedule.
+        was given to optax as a schedule, or is stored in a type below float32 (bfloat16
+        rounds an LR to 3 digits and stores Adam's b2=0.999 as 1.0; an int cannot decay).
     """
     found = find_groups(opt_state)
     selected = list(found) if groups is None else list(groups)
@@ -235,6 +227,13 @@ def check_targets(
                     f"({name}=0.1) and move the schedule into a callback: "
                     f"LRSchedule(schedule, hyperparam={name!r})"
                 )
+            dtype = jnp.result_type(_unwrap(found[g].hyperparams[name]))
+            if not (jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits >= 32):
+                raise TypeError(
+                    f"{owner} writes {name!r} (group {g!r}), but the optimizer stores it as "
+                    f"{dtype}, which cannot hold the values written exactly. Build it with "
+                    f"flax_lr_callbacks.injectable(...) or optax.inject_hyperparams(..., "
+                    f"hyperparam_dtype=jnp.float32)")
 
 
 def injectable(

@@ -78,7 +78,9 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
     step = cache[tuple(groups)]
     base_key = jax.random.fold_in(jax.random.PRNGKey(trainer.seed), 0x5EED)
     live = getattr(trainer, "data", None)  # inside a fit: the fit's source hands batches back
-    source = live if live is not None and live.data is data else DataSource(data)
+    if live is None or live.data is not data:  # kept: the next fit on a stream gets them back
+        live = trainer.data = DataSource(data, previous=live)
+    source = live
     stream = source.sweep()
     shape = None
     losses: list[float] = []

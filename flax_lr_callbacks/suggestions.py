@@ -99,7 +99,9 @@ def valley(lrs: np.ndarray, losses: np.ndarray, num_steps: int | None = None) ->
             run[i] = 1 + run[:i][smaller].max()
         if run[i] > run[end]:
             end = i
-    start = end - run[end]
+    # fastai's arithmetic (a run from index 0 "starts" at -1), but a curve that never falls
+    # stays at its first point, where fastai's start is never set (0)
+    start = end - run[end] if end > 0 else 0
     third = (end - start) / 3
     idx = start + int(third) + int(third / 2)
     return float(lrs[idx])

@@ -138,10 +138,9 @@ class Trainer(CallbackHost):
                                doc="Times the train step was traced (compiles per shape).")
     num_fused_traces = property(lambda self: self.steps.num_fused_traces,
                                 doc="Times the fused K-step call was traced.")
-    num_step_compiles = property(
-        lambda self: self.steps.train._cache_size(),
-        doc="Executables compiled for the train step (a trace can compile more than once when "
-            "input placement changes; tests check both this and `num_step_traces`).")
+    num_step_compiles = property(lambda self: self.steps.train._cache_size(), doc=(
+        "Executables compiled for the train step (a trace can compile more than once when "
+        "input placement changes; tests check both this and `num_step_traces`)."))
     num_fused_compiles = property(lambda self: self.steps.fused._cache_size(),
                                   doc="Executables compiled for the fused K-step call.")
 
@@ -198,7 +197,8 @@ class Trainer(CallbackHost):
         """Plans the fit, builds (or restores) the carried state and sets the logger up;
         returns the epoch and batch training starts at."""
         check_fit_args(resume_from, allow_changed_settings)
-        self.data = DataSource(train_data, sharding=self.placement.state_sharding())
+        self.data = DataSource(train_data, sharding=self.placement.state_sharding(),
+                               previous=self.data)  # a sweep's unused stream batches
         self._reset_host(run_plan(self.data, steps_per_epoch=self.steps_per_epoch_arg,
                                   max_epochs=self.max_epochs, max_steps=self.max_steps,
                                   validates=val_data is not None))

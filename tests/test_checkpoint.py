@@ -425,3 +425,15 @@ def test_older_formats_are_refused_clearly(tmp_path, old, match):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=match):
         run(tmp_path, "c", "cyclic", resume=True)
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_best_path_exists_when_scores_tie(tmp_path, mode):
+    """Equal scores: orbax keeps the newest of them, so best_step names that one (an older
+    best_step would point at a pruned directory)."""
+    ckpt = ModelCheckpoint(tmp_path / "c", save_top_k=1, monitor="val_flat", mode=mode,
+                           save_last=False)
+    trainer = Trainer(loss_fn, max_epochs=3, callbacks=[OneCycle(0.2), ckpt],
+                      eval_fn=lambda params, batch: {"flat": 1.0}, enable_progress_bar=False)
+    trainer.fit(make_state(), *_data())
+    assert ckpt.best_path.is_dir() and ckpt.best_step == 18

@@ -45,6 +45,9 @@ def test_stop_rule():
     raw = np.array([1.0, 0.5, 0.4, 1.0, 2.5])
     assert finder.stop_index(raw, raw, 4.0) == 4  # 2.5 > 4 * 0.4
     assert finder.stop_index(raw[:4], raw[:4], 4.0) is None
+    # sign-safe: a negative loss stops only when it rises by 3x |best| (not at step 1)
+    raw = np.array([-2.0, -2.5, -3.0, 5.0, 6.5])
+    assert finder.stop_index(raw, raw, 4.0) == 4  # 6.5 > -3 + 3 * 3; 5.0 is not
 
 
 def test_minimum_and_steep_on_known_curve():
@@ -91,6 +94,13 @@ def test_valley_lies_in_the_longest_descent():
     i = int(np.argmin(np.abs(LRS - lr)))
     bottom = int(np.argmin(losses))
     assert losses[i] < losses[0] - 0.3 and i < bottom  # on the falling side, well below start
+
+
+def test_valley_of_a_curve_that_never_falls_is_its_first_point():
+    """No decrease at all: fastai's start stays 0, so valley is the window's first LR (not
+    the last, next to divergence)."""
+    lrs = np.geomspace(1e-3, 10, 50)
+    assert finder.valley(lrs, np.linspace(1, 2, 50), 50) == pytest.approx(lrs[5])
 
 
 def test_slide_finds_where_gradient_flattens():
@@ -399,3 +409,26 @@ def test_lrschedule_without_a_positive_maximum_cannot_take_a_peak(value):
     with pytest.raises(ValueError, match=r"cannot rescale to a peak.*largest planned value "
                                          r"over the \d+ steps of the run is"):
         trainer.fit(make_state(), sweep_data())
+
+
+def test_lr_find_then_fit_on_one_generator_trains_every_batch():
+    """`trainer.lr_find(state, gen)` then `trainer.fit(state, gen)`: the batches the sweep read
+    from the one-shot stream go to the fit first, none is lost (and none trained twice)."""
+    import warnings
+
+    batches = list(sweep_data().for_epoch(0))  # 16 batches
+    seen = []
+
+    def gen():
+        for i, b in enumerate(batches):
+            seen.append(i)
+            yield b
+
+    trainer = Trainer(loss_fn, max_epochs=1, steps_per_epoch=16, enable_progress_bar=False)
+    stream = gen()
+    trainer.lr_find(make_state(), stream, num_steps=10, progress=False)
+    assert seen == list(range(10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stream that runs out warns: it must not
+        trainer.fit(make_state(), stream)
+    assert trainer.global_step == 16 and seen == list(range(16))

@@ -80,9 +80,12 @@ def test_write_under_jit_keeps_dtype_and_is_applied():
 
 
 def test_not_injected_error_says_how_to_fix():
-    """A plain optax optimizer gets a TypeError with the inject_hyperparams recipe."""
+    """A plain optax optimizer gets a TypeError with the injectable / inject_hyperparams
+    recipes (float32 slots)."""
     s = optax.sgd(0.1).init(PARAMS)
-    with pytest.raises(TypeError, match=r"inject_hyperparams\(optax.sgd\)\(learning_rate=0.1\)"):
+    with pytest.raises(TypeError, match=r"injectable\(optax.sgd, learning_rate=0.1\) or optax"
+                                        r".inject_hyperparams\(optax.sgd, hyperparam_dtype="
+                                        r"jnp.float32\)\(learning_rate=0.1\)"):
         hp.get_hyperparams(s)
 
 
@@ -119,3 +122,23 @@ def test_bf16_params_keep_float32_hyperparams():
     params = {"w": jnp.ones(3, jnp.bfloat16)}
     s = injectable(optax.adam, learning_rate=1e-3, b2=0.999).init(params)
     assert float(hp.get_hyperparam(s, "b2")) == pytest.approx(0.999, abs=1e-6)
+
+
+def test_a_low_precision_slot_is_refused_with_the_fix():
+    """optax infers the hyperparameter dtype from bfloat16 params: an LR rounded to 3 digits
+    and Adam's b2=0.999 stored as 1.0. Writing such a slot is a TypeError saying how to build
+    the optimizer instead; injectable's float32 slots work."""
+    import jax
+    import jax.numpy as jnp
+
+    from flax_lr_callbacks import LRCallbacks, OneCycle
+
+    params = {"w": jnp.ones((3,), jnp.bfloat16)}
+    low = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3).init(params)
+    assert low.hyperparams["learning_rate"].dtype == jnp.bfloat16
+    callbacks = LRCallbacks([OneCycle(0.01)], steps_per_epoch=4, max_epochs=2)
+    with pytest.raises(TypeError, match=r"OneCycle.*writes 'learning_rate' \(group 'default'\)"
+                                        r".*stores it as bfloat16.*injectable"):
+        callbacks.init(low)
+    ok = injectable(optax.adam, learning_rate=1e-3).init(params)
+    assert jax.tree_util.tree_leaves(callbacks.init(ok))

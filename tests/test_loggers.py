@@ -103,3 +103,21 @@ def test_custom_logger_protocol(data, state):
     with pytest.raises(TypeError, match=r"logger must have methods .*lacks \['finalize'\]"):
         Trainer(loss_fn, logger=object.__new__(type("NoFinalize", (), {
             "log_metrics": lambda *a: None, "log_hyperparams": lambda *a: None})))
+
+
+def test_csv_logger_with_a_fixed_version_continues_the_file(tmp_path):
+    """A second run into the same version (a resume) appends; it does not truncate the rows
+    already there, and a new column rewrites the file through a temporary beside it."""
+    first = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1)
+    first.log_metrics({"train_loss": 1.0}, step=0)
+    first.finalize()
+    again = CSVLogger(tmp_path, version=0, flush_logs_every_n_steps=1)
+    again.log_metrics({"train_loss": 0.5}, step=7)
+    again.log_metrics({"val_loss": 0.25}, step=8)
+    again.finalize()
+    folder = tmp_path / "version_0"
+    assert read_csv(folder / "metrics.csv") == [
+        {"step": "0", "train_loss": "1.0", "val_loss": ""},
+        {"step": "7", "train_loss": "0.5", "val_loss": ""},
+        {"step": "8", "train_loss": "", "val_loss": "0.25"}]
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.csv"]

@@ -237,8 +237,9 @@ class ModelCheckpoint(Callback):
                 f"finite {self.monitor} is kept", RuntimeWarning, stacklevel=3)
             score = None  # a NaN model is never "best"
         best = self.best_score
+        # A tie goes to the newer checkpoint, as orbax's BestN keeps it (the older is pruned)
         if score is not None and (best is None or not math.isfinite(best) or (
-                score < best if self.mode == "min" else score > best)):
+                score <= best if self.mode == "min" else score >= best)):
             self.best_step, self.best_score = trainer.global_step, score
         # The best-so-far goes into the checkpoint being written, so update it first.
         step = checkpoint_io.write(

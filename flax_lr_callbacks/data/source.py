@@ -63,7 +63,8 @@ class DataSource:
         (its arrays are placed there); None reads every kind as host batches.
     """
 
-    def __init__(self, data: Any, *, name: str = "train_data", sharding: Any = None):
+    def __init__(self, data: Any, *, name: str = "train_data", sharding: Any = None,
+                 previous: DataSource | None = None):
         self.data, self.name = data, name
         self.on_device = (sharding is not None and isinstance(data, ArrayDataset)
                           and data.on_device)
@@ -79,6 +80,11 @@ class DataSource:
         self.consumed = 0  # stream batches handed to training (the position of a stream)
         # what a stream iterates (for `ds.to_iter_dataset()`: ds repeated)
         self.kind, self.pass_length, self._stream_of = classify(data)
+        if previous is not None and previous.data is data and self.kind == "stream":
+            # `previous` (an LR sweep or fit on the same Trainer) pulled these batches from the
+            # stream and did not train on them: they are this source's first ones
+            self._buffer.extend(previous._buffer)
+            previous._buffer.clear()
 
     # ------------------------------------------------------------------ the plan
     def plan(self, steps_per_epoch: int | None) -> int:

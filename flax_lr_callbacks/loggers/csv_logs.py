@@ -35,7 +35,9 @@ class CSVLogger(VersionedRun):
     Args:
       save_dir: folder that holds the runs (created if missing).
       name: optional experiment sub-folder. Default None.
-      version: None (default): the next free ``version_N``; an int or a str: that version.
+      version: None (default): the next free ``version_N``; an int or a str: that version
+        (a ``metrics.csv`` already there, as after a resume, is continued, not truncated;
+        Lightning's CSVLogger overwrites it).
       flush_logs_every_n_steps: buffered rows before a write (>= 1). Default 100.
 
     Example:
@@ -134,6 +136,11 @@ class CSVLogger(VersionedRun):
         if self._columns and not os.path.exists(path):
             raise FileNotFoundError(errno.ENOENT, "the file was deleted during the run",
                                     path)
+        if not self._columns and os.path.exists(path):
+            # a fixed `version` whose folder holds an earlier run's file (a resume): continue
+            # it, as TensorBoard's event files do, instead of truncating it
+            with open(path, newline="") as f:
+                self._columns = next(csv.reader(f), [])
         rows = sorted(self._rows, key=lambda r: r["step"])  # stable: call order within a step
         new = sorted({k for r in rows for k in r} - set(self._columns))
         if new:
@@ -142,11 +149,15 @@ class CSVLogger(VersionedRun):
                 with open(path, newline="") as f:
                     old = list(csv.DictReader(f))
             self._columns = sorted(set(self._columns) | set(new))
-            with open(path, "w", newline="") as f:
+            # the whole file again, beside it first: a crash or a full disk mid-write leaves
+            # the old file whole
+            part = path + ".part"
+            with open(part, "w", newline="") as f:
                 writer = csv.DictWriter(f, self._columns)
                 writer.writeheader()
                 writer.writerows(old)
                 writer.writerows(rows)
+            os.replace(part, path)
         else:
             with open(path, "a", newline="") as f:
                 csv.DictWriter(f, self._columns).writerows(rows)
