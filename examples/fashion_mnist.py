@@ -112,12 +112,16 @@ def main(argv=None) -> dict:
     p.add_argument("--suggestion", choices=list(SUGGESTIONS), default=DEFAULT_METHOD,
                    help="which finder suggestion to use with --lr-find")
     args = p.parse_args(argv)
+    if args.limit_steps is not None and args.limit_steps < 1:
+        p.error(f"--limit-steps must be >= 1, got {args.limit_steps}")
+    if args.lr_find and (args.schedule != "onecycle" or args.lr != 0.1):
+        p.error("--lr-find picks OneCycle's peak itself; drop --schedule and --lr")
 
     data = load_fashion_mnist(args.data_dir)
     train = ArrayDataset(data["train"], args.batch_size, seed=args.seed)
     test = as_batches(data["test"], 1000)
     steps = args.epochs * len(train)
-    if args.limit_steps:
+    if args.limit_steps is not None:
         steps = min(steps, args.limit_steps)
 
     model = SeedCNN()
@@ -162,11 +166,14 @@ def main(argv=None) -> dict:
         result["suggestions"] = finder.result.suggestions
         result["finder_seconds"] = finder.result.seconds
         others = ", ".join(f"{k}={v:.3g}" for k, v in finder.result.suggestions.items() if v)
+        if trainer.resumed_from is not None:  # the sweep ran before the checkpoint
+            cost = "restored from the checkpoint, not run again"
+        else:
+            cost = (f"sweep {len(finder.result.lrs)} steps in {finder.result.seconds:.1f} s = "
+                    f"{finder.result.seconds / (seconds - finder.result.seconds):.1%} of the "
+                    f"training after it; plot: {run_dir / 'lr_finder.png'}")
         print(f"LR finder: {args.suggestion} suggestion {finder.applied_lr:.3g} (all: {others}); "
-              f"sweep {len(finder.result.lrs)} steps in {finder.result.seconds:.1f} s = "
-              f"{finder.result.seconds / (seconds - finder.result.seconds):.1%} of the training "
-              "after it; "
-              f"plot: {run_dir / 'lr_finder.png'}")
+              f"{cost}")
     print(f"schedule={result['schedule']} steps={result['steps']} "
           f"test_accuracy={result['test_accuracy']:.4f} test_loss={result['test_loss']:.4f} "
           f"steps/s={result['steps_per_second']:.1f} (compile included) "

@@ -214,6 +214,10 @@ def check_targets(
     """
     found = find_groups(opt_state)
     selected = list(found) if groups is None else list(groups)
+    unknown = [g for g in selected if g not in found]
+    if unknown:  # a typo would otherwise leave that group's value alone, without a word
+        raise ValueError(f"{owner}: groups {unknown} are not in the optimizer; its groups "
+                         f"are {sorted(found)}")
     for name in names:
         present = [g for g in selected if g in found and name in found[g].hyperparams]
         if not present:

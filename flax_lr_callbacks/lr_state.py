@@ -155,10 +155,19 @@ def observed(callbacks: Sequence[Callback], lr: LRState, loss: Any, metrics: dic
 
 
 # ---------------------------------------------------------------------- host-side edits
-def _put_like(value: Any, like: jax.Array) -> jax.Array:
+def _put_like(value: Any, like: jax.Array, what: str) -> jax.Array:
     """`value` with the dtype, sharding and committedness of `like`: the same jit signature,
-    so no recompile (jit keys its cache on whether an argument is committed, too)."""
-    value = np.asarray(value, dtype=like.dtype)
+    so no recompile (jit keys its cache on whether an argument is committed, too). Raises
+    for another shape, and for a value an integer or boolean field cannot hold exactly."""
+    raw = np.asarray(value)
+    if raw.shape != like.shape:
+        raise ValueError(f"{what}: a value of shape {raw.shape} for a field of shape "
+                         f"{like.shape}; a write keeps the shape (another one would recompile "
+                         "the step)")
+    value = raw.astype(like.dtype)
+    exact = jnp.issubdtype(like.dtype, jnp.integer) or like.dtype == np.bool_
+    if exact and not np.array_equal(value.astype(np.float64), raw.astype(np.float64)):
+        raise ValueError(f"{what}: {raw.tolist()} does not fit the field's {like.dtype} exactly")
     if not getattr(like, "committed", True):
         return jnp.asarray(value)
     return jax.device_put(value, like.sharding)
@@ -214,7 +223,7 @@ def replace_callback_state(lr: LRState, callbacks: Sequence[Callback], callback:
     for name, v in values.items():
         if name not in fields:
             raise KeyError(f"{callback!r} state has no field {name!r}; has {sorted(fields)}")
-        fields[name] = _put_like(v, fields[name])
+        fields[name] = _put_like(v, fields[name], f"{callback!r}.{name}")
     new = type(old)(**fields) if hasattr(old, "_asdict") else fields
 
     def rebuild(state, path):
@@ -238,5 +247,5 @@ def replace_base_hyperparam(lr: LRState, name: str, value: float,
     if not targets or any(name not in base.get(g, {}) for g in targets):
         raise TypeError(f"optimizer has no injectable {name!r} in groups {targets or list(base)}")
     for g in targets:
-        base[g][name] = _put_like(value, base[g][name])
+        base[g][name] = _put_like(value, base[g][name], f"base {name!r} of group {g!r}")
     return lr._replace(base_hparams=base)

@@ -139,7 +139,19 @@ class CallbackHost:
                                                       **values)
 
     def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
-        """Sets the base value of an injected hyperparameter (the value rules start from)."""
+        """Sets the base value of an injected hyperparameter (the value rules start from).
+
+        Raises ValueError when a callback sets `name` at every step (it is in its ``sets``):
+        the value written here would be overwritten before any step used it.
+        """
+        for cb in self.callbacks:
+            groups = getattr(cb, "groups", None)
+            if name in getattr(cb, "sets", ()) and (group is None or groups is None
+                                                    or group in groups):
+                raise ValueError(
+                    f"set_base_hyperparam({name!r}): {cb!r} sets {name!r} at every step, so "
+                    "this value would never be applied; change that callback instead (an LR "
+                    "schedule's peak: set_peak, or put LRFinder before it)")
         self.lr_state = lr_lib.replace_base_hyperparam(self.lr_state, name, value, group)
 
     def request_stop(self) -> None:

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
   echo "setup: installing dataset-fashion-mnist (Debian package)"
   if ! { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive \
          apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; then
@@ -15,9 +15,17 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # missing, or left half-made
   echo "setup: creating .venv"
-  "$PY" -m venv .venv
+  rm -rf .venv
+  if ! "$PY" -m venv .venv && command -v apt-get >/dev/null 2>&1; then
+    # Debian ships venv's pip bootstrap separately (python3-venv)
+    echo "setup: installing python3-venv (Debian package) and retrying"
+    rm -rf .venv
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq python3-venv >/dev/null
+    "$PY" -m venv .venv
+  fi
 fi
 echo "setup: installing flax_lr_callbacks[dev] (pinned by constraints.txt)"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"

@@ -437,3 +437,25 @@ def test_best_path_exists_when_scores_tie(tmp_path, mode):
                       eval_fn=lambda params, batch: {"flat": 1.0}, enable_progress_bar=False)
     trainer.fit(make_state(), *_data())
     assert ckpt.best_path.is_dir() and ckpt.best_step == 18
+
+
+def test_progress_bar_ends_at_the_total_after_a_resume(tmp_path):
+    """A checkpoint between two log points: the resumed bar counts each step once."""
+    from flax_lr_callbacks import ProgressBar
+
+    class Bar(ProgressBar):
+        def teardown(self, trainer, state):
+            self.final = self._bar.n
+            super().teardown(trainer, state)
+
+    def fit(callbacks, resume=False):
+        bar = Bar()
+        trainer = Trainer(loss_fn, max_epochs=2, log_every_n_steps=4, callbacks=[
+            OneCycle(0.2), ModelCheckpoint(tmp_path / "c", every_n_steps=3), bar, *callbacks])
+        trainer.fit(make_state(), *_data(), resume_from="latest" if resume else None)
+        return trainer, bar
+
+    with pytest.raises(Crash):
+        fit([CrashAt(5)])  # the last checkpoint is at step 3, inside the window 0-3
+    trainer, bar = fit([], resume=True)
+    assert trainer.start_step == 3 and bar.final == trainer.total_steps == 12

@@ -92,6 +92,23 @@ def test_loader_rejects_corrupt_file(tmp_path):
         load_fashion_mnist(tmp_path, download=False)
 
 
+def test_loader_names_a_damaged_gzip_and_out_of_range_labels(tmp_path):
+    """A cut-off .gz download and a flipped label byte are ValueErrors naming the file."""
+    write_fixture(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.gz is truncated or corrupt"):
+        load_fashion_mnist(tmp_path, download=False)
+    write_fixture(tmp_path)
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[-1] = 200
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz holds labels outside "
+                                         r"0..9 \(from \d+ to 200\)"):
+        load_fashion_mnist(tmp_path, download=False)
+
+
 def test_missing_files_error_lists_every_option(tmp_path, monkeypatch):
     """No files and no download: the error lists data_dir, env var, Debian package, download."""
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)

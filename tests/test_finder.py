@@ -432,3 +432,14 @@ def test_lr_find_then_fit_on_one_generator_trains_every_batch():
         warnings.simplefilter("error")  # a stream that runs out warns: it must not
         trainer.fit(make_state(), stream)
     assert trainer.global_step == 16 and seen == list(range(16))
+
+
+def test_a_finder_after_its_schedule_is_an_error_before_the_sweep():
+    """[OneCycle(0.05), LRFinder()]: the suggestion would go to the base LR, which OneCycle
+    overwrites at every step; refused before sweeping, naming the order to use."""
+    trainer = Trainer(loss_fn, max_epochs=1, enable_progress_bar=False,
+                      callbacks=[OneCycle(max_lr=0.05), LRFinder(num_steps=30, plot_path=None)])
+    with pytest.raises(ValueError, match=r"LRFinder comes after OneCycle.*put LRFinder\(\) "
+                                         r"before it"):
+        trainer.fit(make_state(), sweep_data())
+    assert trainer.callbacks[1].result is None  # no sweep ran

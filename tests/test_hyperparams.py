@@ -142,3 +142,20 @@ def test_a_low_precision_slot_is_refused_with_the_fix():
         callbacks.init(low)
     ok = injectable(optax.adam, learning_rate=1e-3).init(params)
     assert jax.tree_util.tree_leaves(callbacks.init(ok))
+
+
+def test_an_unknown_group_is_named():
+    """groups=("head", "bakbone"): the typo is an error listing the optimizer's groups (it
+    used to leave that group's LR alone)."""
+    from flax_lr_callbacks import LRCallbacks, LRSchedule
+
+    tx = optax.multi_transform(
+        {"head": injectable(optax.sgd, learning_rate=0.1),
+         "backbone": injectable(optax.adam, learning_rate=0.01)},
+        {"w": "head", "b": "backbone"})
+    opt_state = tx.init({"w": jnp.ones(2), "b": jnp.ones(2)})
+    callbacks = LRCallbacks([LRSchedule(lambda s: 0.5 + 0.0 * s, groups=("head", "bakbone"))],
+                            steps_per_epoch=2, max_epochs=1)
+    with pytest.raises(ValueError, match=r"groups \['bakbone'\] are not in the optimizer; its "
+                                         r"groups are \['backbone', 'head'\]"):
+        callbacks.init(opt_state)

@@ -288,3 +288,34 @@ def test_a_failing_teardown_neither_skips_the_others_nor_hides_the_error(data, s
         trainer.fit(state, data[0])
     assert later.torn_down
     assert any("_BadTeardown" in n and "disk gone" in n for n in info.value.__notes__)
+
+
+def test_host_writes_that_could_not_take_effect_are_refused(data, state):
+    """A base value a setter overwrites every step, a field write of another shape (it would
+    recompile) and a fractional value for an integer field are errors naming the target."""
+    from flax_lr_callbacks import OneCycle, ReduceLROnPlateau
+
+    class Probe(Callback):
+        def on_fit_start(self, trainer, state):
+            with pytest.raises(ValueError, match=r"OneCycle.*sets 'learning_rate' at every step"):
+                trainer.set_base_hyperparam("learning_rate", 0.01)
+            with pytest.raises(ValueError, match=r"ReduceLROnPlateau.*\.scale: a value of shape "
+                                                 r"\(2,\) for a field of shape \(\)"):
+                trainer.update_callback_state(plateau, scale=[0.5, 0.5])
+            with pytest.raises(ValueError, match=r"does not fit the field's int32 exactly"):
+                trainer.update_callback_state(Counter, n=2.5)
+            trainer.update_callback_state(Counter, n=3)
+            self.ok = True
+
+    class CounterState(NamedTuple):
+        n: jax.Array
+
+    class CounterCallback(Callback):
+        def init_state(self, plan, hparams):
+            return CounterState(n=jnp.int32(0))
+
+    plateau, Counter, probe = ReduceLROnPlateau(monitor="val_loss"), CounterCallback(), Probe()
+    trainer = Trainer(loss_fn, max_epochs=1, enable_progress_bar=False,
+                      callbacks=[OneCycle(0.1), plateau, Counter, probe])
+    trainer.fit(state, *data)
+    assert probe.ok and int(trainer.callback_state(Counter).n) == 3

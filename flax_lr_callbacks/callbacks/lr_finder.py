@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -78,16 +79,21 @@ class LRFinder(Callback):
     def _target(self, trainer: Any) -> Callback | None:
         if self.apply_to is not None:
             return self.apply_to
-        after = trainer.callbacks[trainer.callbacks.index(self) + 1:]
-        return next((c for c in after if _takes_lr_peak(c)), None)
+        i = trainer.callbacks.index(self)
+        target = next((c for c in trainer.callbacks[i + 1:] if _takes_lr_peak(c)), None)
+        before = [c for c in trainer.callbacks[:i] if _takes_lr_peak(c)]
+        if target is None and before:
+            raise ValueError(f"LRFinder comes after {before[0]!r}, the schedule its suggestion "
+                             "is for; put LRFinder() before it in callbacks")
+        return target
 
     def on_fit_start(self, trainer: Any, state: Any) -> None:
         if getattr(trainer, "resuming", False) and self.result is not None:
             return  # the result and the peak it set were restored from the checkpoint
+        target = self._target(trainer)  # a misplaced finder fails before its sweep
         self.result = trainer.lr_find(state, trainer.train_data, **self.kwargs)
         lr = self.result.suggestion
         self._save_plot(trainer)
-        target = self._target(trainer)
         if lr is None:
             r = self.result
             why = (f"the {r.method!r} suggestion had too few points: the sweep recorded "
@@ -135,7 +141,7 @@ class LRFinder(Callback):
         return {"lrs": r.lrs.tolist(), "losses": r.losses.tolist(), "applied_lr": self.applied_lr,
                 "method": r.method, "num_steps": r.num_steps,
                 "smoothing": self.kwargs["smoothing"],
-                "diverge_threshold": self.kwargs["diverge_threshold"]}
+                "diverge_threshold": self.kwargs["diverge_threshold"], "seconds": r.seconds}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -144,6 +150,8 @@ class LRFinder(Callback):
             np.asarray(state_dict["lrs"]), np.asarray(state_dict["losses"]),
             smoothing=state_dict["smoothing"], diverge_threshold=state_dict["diverge_threshold"],
             method=state_dict["method"], num_steps=state_dict.get("num_steps"))
+        # the sweep's time (absent from checkpoints written before 0.2)
+        self.result = dataclasses.replace(self.result, seconds=state_dict.get("seconds"))
         self.applied_lr = state_dict["applied_lr"]
 
     def __repr__(self) -> str:

@@ -49,7 +49,9 @@ class ProgressBar(Callback):
             if parsed and parsed[1] == "learning_rate":
                 postfix["lr" if parsed[0] == "default" else f"lr/{parsed[0]}"] = f"{values[-1]:.3g}"
         self._bar.set_postfix(postfix, refresh=False)
-        self._bar.update(len(history["step"]))
+        # to the window's last step: after a resume the first window can start before the
+        # step the bar started at (a checkpoint between two log points)
+        self._bar.update(int(history["step"][-1]) + 1 - self._bar.n)
 
     def on_validation_end(self, trainer: Any, state: Any) -> None:
         self._postfix.update({k: f"{v:.4g}" for k, v in trainer.callback_metrics.items()

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads an IDX file (optionally gzipped) into a NumPy array."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut or damaged download
+        raise ValueError(f"{path} is truncated or corrupt: {type(e).__name__}: {e}") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]
@@ -143,10 +147,14 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
     for split in ("train", "test"):
         images = read_idx(paths[f"{split}_images"])
         labels = read_idx(paths[f"{split}_labels"])
-        if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"{split} files disagree: images {images.shape}, labels {labels.shape}"
-            )
+        if (images.shape[1:] != (28, 28) or images.dtype != np.uint8 or labels.ndim != 1
+                or images.shape[0] != labels.shape[0]):
+            raise ValueError(f"{paths[f'{split}_images']} and {paths[f'{split}_labels']} are "
+                             f"not Fashion-MNIST: images {images.shape} {images.dtype}, labels "
+                             f"{labels.shape} (expected (n, 28, 28) uint8 and (n,))")
+        if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
+            raise ValueError(f"{paths[f'{split}_labels']} holds labels outside 0..9 (from "
+                             f"{labels.min()} to {labels.max()}): the file is corrupt")
         out[split] = {
             "image": (images.astype(np.float32) / 255.0)[..., None],
             "label": labels.astype(np.int32),
