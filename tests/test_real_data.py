@@ -58,3 +58,21 @@ def test_drop_in_examples_train_with_one_compile(name, capsys):
     assert result["compiles"] == 1
     assert result["test_accuracy"] > 0.8
     assert "epoch 1:" in capsys.readouterr().out
+
+
+def test_example_lr_find_resume_and_flag_errors(tmp_path, capsys):
+    """`--lr-find` with checkpoints, then `--resume` of the finished run: the finder's result
+    comes from the checkpoint (no second sweep) and the summary prints; contradictory or
+    empty flags are refused before any data is read."""
+    ex = example_module()
+    args = ["--lr-find", "--limit-steps", "30", "--ckpt-dir", str(tmp_path / "c"),
+            "--logdir", str(tmp_path / "runs")]
+    first = ex.main(args)
+    assert first["steps"] == 30 and first["finder_seconds"] > 0
+    again = ex.main(args + ["--resume"])
+    assert again["lr_suggestion"] == first["lr_suggestion"] and again["finder_seconds"] is None
+    assert "restored from the checkpoint" in capsys.readouterr().out
+    for bad in (["--limit-steps", "0"], ["--lr-find", "--lr", "0.3"],
+                ["--lr-find", "--schedule", "cosine"]):
+        with pytest.raises(SystemExit):
+            ex.main(bad)

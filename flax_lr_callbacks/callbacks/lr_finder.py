@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import warnings
@@ -141,7 +140,7 @@ class LRFinder(Callback):
         return {"lrs": r.lrs.tolist(), "losses": r.losses.tolist(), "applied_lr": self.applied_lr,
                 "method": r.method, "num_steps": r.num_steps,
                 "smoothing": self.kwargs["smoothing"],
-                "diverge_threshold": self.kwargs["diverge_threshold"], "seconds": r.seconds}
+                "diverge_threshold": self.kwargs["diverge_threshold"]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
@@ -150,8 +149,7 @@ class LRFinder(Callback):
             np.asarray(state_dict["lrs"]), np.asarray(state_dict["losses"]),
             smoothing=state_dict["smoothing"], diverge_threshold=state_dict["diverge_threshold"],
             method=state_dict["method"], num_steps=state_dict.get("num_steps"))
-        # the sweep's time (absent from checkpoints written before 0.2)
-        self.result = dataclasses.replace(self.result, seconds=state_dict.get("seconds"))
+        # ``result.seconds`` stays None: the sweep ran in the process that wrote the checkpoint
         self.applied_lr = state_dict["applied_lr"]
 
     def __repr__(self) -> str:
