@@ -204,20 +204,21 @@ def check_targets(
     *,
     owner: str,
     groups: Iterable[str] | None = None,
+    dtype: bool = False,
 ) -> None:
     """Raises a helpful error if `owner` cannot write each of `names` in `groups`.
 
     Raises:
+      ValueError: a group in `groups` is not in the optimizer.
       TypeError: the optimizer is not injected, a name is not injected in a targeted group,
-        was given to optax as a schedule, or is stored in a type below float32 (bfloat16
+        was given to optax as a schedule, or (with `dtype`) is stored below float32 (bfloat16
         rounds an LR to 3 digits and stores Adam's b2=0.999 as 1.0; an int cannot decay).
     """
     found = find_groups(opt_state)
     selected = list(found) if groups is None else list(groups)
-    unknown = [g for g in selected if g not in found]
-    if unknown:  # a typo would otherwise leave that group's value alone, without a word
-        raise ValueError(f"{owner}: groups {unknown} are not in the optimizer; its groups "
-                         f"are {sorted(found)}")
+    if [g for g in selected if g not in found]:  # a typo would leave that group alone
+        raise ValueError(f"{owner}: groups {[g for g in selected if g not in found]} are not "
+                         f"in the optimizer; its groups are {sorted(found)}")
     for name in names:
         present = [g for g in selected if g in found and name in found[g].hyperparams]
         if not present:
@@ -231,13 +232,13 @@ def check_targets(
                     f"({name}=0.1) and move the schedule into a callback: "
                     f"LRSchedule(schedule, hyperparam={name!r})"
                 )
-            dtype = jnp.result_type(_unwrap(found[g].hyperparams[name]))
-            if not (jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits >= 32):
+            kind = jnp.result_type(_unwrap(found[g].hyperparams[name]))
+            if dtype and not (jnp.issubdtype(kind, jnp.floating) and jnp.finfo(kind).bits >= 32):
                 raise TypeError(
                     f"{owner} writes {name!r} (group {g!r}), but the optimizer stores it as "
-                    f"{dtype}, which cannot hold the values written exactly. Build it with "
-                    f"flax_lr_callbacks.injectable(...) or optax.inject_hyperparams(..., "
-                    f"hyperparam_dtype=jnp.float32)")
+                    f"{kind}, which cannot hold the values written exactly. Build it with "
+                    f"flax_lr_callbacks.injectable(...) (or pass {name} as a float to "
+                    "optax.inject_hyperparams(..., hyperparam_dtype=jnp.float32))")
 
 
 def injectable(

@@ -80,7 +80,7 @@ def init_rule_state(callbacks: Sequence[Callback], opt_state: Any, plan: Any, *,
     for cb in callbacks:
         names = tuple(cb.sets) + tuple(cb.scales)
         if names and opt_state is not None:
-            hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups)
+            hp_lib.check_targets(opt_state, names, owner=repr(cb), groups=cb.groups, dtype=True)
     check_setters(callbacks, base)
     base = {g: {n: jnp.array(v, jnp.float32, copy=True) for n, v in d.items()}
             for g, d in base.items()}

@@ -66,7 +66,7 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
     """Sweeps the LR over `num_steps` compiled training steps and returns the result."""
     start = time.perf_counter()
     lrs = finder.sweep_lrs(min_lr, max_lr, num_steps, mode)
-    hp_lib.check_targets(state.opt_state, ["learning_rate"], owner="lr_find")
+    hp_lib.check_targets(state.opt_state, ["learning_rate"], owner="lr_find", dtype=True)
     groups = [g for g, d in hp_lib.get_hyperparams(state.opt_state).items()
               if "learning_rate" in d]
     state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
@@ -78,9 +78,10 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
     step = cache[tuple(groups)]
     base_key = jax.random.fold_in(jax.random.PRNGKey(trainer.seed), 0x5EED)
     live = getattr(trainer, "data", None)  # inside a fit: the fit's source hands batches back
-    if live is None or live.data is not data:  # kept: the next fit on a stream gets them back
-        live = trainer.data = DataSource(data, previous=live)
     source = live
+    if live is None or live.data is not data:  # kept: the next fit on a stream gets them back
+        source = DataSource(data, previous=getattr(trainer, "swept", None))
+        trainer.swept = source
     stream = source.sweep()
     shape = None
     losses: list[float] = []

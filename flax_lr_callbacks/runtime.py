@@ -141,13 +141,15 @@ class CallbackHost:
     def set_base_hyperparam(self, name: str, value: float, group: str | None = None) -> None:
         """Sets the base value of an injected hyperparameter (the value rules start from).
 
-        Raises ValueError when a callback sets `name` at every step (it is in its ``sets``):
-        the value written here would be overwritten before any step used it.
+        Raises ValueError when a schedule replaces that base at every step (an `LRSchedule`
+        of `name`, an LR schedule with its peak given): the value would never be applied.
         """
+        from flax_lr_callbacks.callbacks.peak import overwrites_base
+
         for cb in self.callbacks:
             groups = getattr(cb, "groups", None)
-            if name in getattr(cb, "sets", ()) and (group is None or groups is None
-                                                    or group in groups):
+            if overwrites_base(cb, name) and (group is None or groups is None
+                                              or group in groups):
                 raise ValueError(
                     f"set_base_hyperparam({name!r}): {cb!r} sets {name!r} at every step, so "
                     "this value would never be applied; change that callback instead (an LR "

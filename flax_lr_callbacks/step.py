@@ -143,9 +143,11 @@ def _step(ts: TrainerState, batch: Any, loss: LossFn, callbacks: Sequence[Callba
                                     new.params)
 
     def reject(state, lr):  # the clock moves on; the callback states stay as they were,
-        # except for callbacks that watch rejected steps (`Callback.observes_rejected`)
+        # except, under "skip", for callbacks that watch rejected steps (`observes_rejected`;
+        # "stop" freezes every state at the last finite step)
         kept = ts.lr_state.callback_states
-        if any(getattr(cb, "observes_rejected", False) for cb in callbacks):
+        if nan_policy == "skip" and any(getattr(cb, "observes_rejected", False)
+                                        for cb in callbacks):
             seen = lr_lib.observed(callbacks, lr, value, metrics, grads, state.params,
                                    state.params).callback_states
             kept = tuple(new if getattr(cb, "observes_rejected", False) else old

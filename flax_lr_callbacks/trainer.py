@@ -198,7 +198,7 @@ class Trainer(CallbackHost):
         returns the epoch and batch training starts at."""
         check_fit_args(resume_from, allow_changed_settings)
         self.data = DataSource(train_data, sharding=self.placement.state_sharding(),
-                               previous=self.data)  # a sweep's unused stream batches
+                               previous=self.__dict__.pop("swept", None) or self.data)
         self._reset_host(run_plan(self.data, steps_per_epoch=self.steps_per_epoch_arg,
                                   max_epochs=self.max_epochs, max_steps=self.max_steps,
                                   validates=val_data is not None))

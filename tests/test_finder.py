@@ -7,7 +7,8 @@ import pytest
 from conftest import loss_fn, make_data, make_state
 from test_tensorboard import read_scalars
 
-from flax_lr_callbacks import (ArrayDataset, CosineRestarts, CyclicLR, LearningRateMonitor,
+from flax_lr_callbacks import (ArrayDataset, Callback, CosineRestarts, CyclicLR,
+                               LearningRateMonitor,
                                LRFinder, LRSchedule, OneCycle, TensorBoardLogger, Trainer,
                                Warmup, injectable)
 from flax_lr_callbacks import finder, suggestions
@@ -389,16 +390,44 @@ def test_apply_to_must_schedule_the_learning_rate():
         LRFinder(apply_to=mom)
 
 
-def test_peak_reports_the_value_the_finder_applied():
-    """An explicit max_lr is replaced by the finder's suggestion, and peak() says so."""
+def test_a_given_peak_replaced_by_the_finder_warns_and_does_not_stick():
+    """An explicit max_lr after LRFinder: the suggestion replaces it in that fit, with a
+    warning; a later fit of the same schedule without a finder uses the given peak again."""
     sched, finder_cb = OneCycle(max_lr=0.5), LRFinder(num_steps=30, plot_path=None)
     trainer = Trainer(loss_fn, max_epochs=1, callbacks=[finder_cb, sched],
                       enable_progress_bar=False)
-    trainer.fit(make_state(), sweep_data())
+    with pytest.warns(UserWarning, match=r"OneCycle.*has its peak given \(0.5\); the "
+                                         r"suggestion .* replaces it in this fit"):
+        trainer.fit(make_state(), sweep_data())
     lr = finder_cb.result.suggestion
     assert lr != pytest.approx(0.5)
-    assert sched.peak() == pytest.approx(lr)
     assert float(trainer.callback_state(sched).max_lr) == pytest.approx(lr, rel=1e-6)
+    again = Trainer(loss_fn, max_epochs=1, callbacks=[sched], enable_progress_bar=False)
+    again.fit(make_state(), sweep_data())
+    assert float(again.callback_state(sched).max_lr) == pytest.approx(0.5)
+
+
+def test_a_finder_after_a_schedule_that_reads_the_base_lr_sets_it():
+    """CosineRestarts(base_lr=None) reads the optimizer's base LR: a finder after it sets
+    that base (no error), and the restarts start from the suggestion."""
+    sched, mon = CosineRestarts(t_0=5), LearningRateMonitor()
+    finder_cb = LRFinder(num_steps=30, plot_path=None)
+    Trainer(loss_fn, max_epochs=1, callbacks=[sched, finder_cb, mon],
+            enable_progress_bar=False).fit(make_state(), sweep_data())
+    assert mon.history["lr"][1][0] == pytest.approx(finder_cb.result.suggestion, rel=1e-6)
+
+
+def test_lr_find_inside_a_fit_on_other_data_leaves_the_fit_alone():
+    """A callback sweeping other data mid-fit: the fit keeps its own data source."""
+    class SweepOther(Callback):
+        def on_train_epoch_end(self, trainer, state):
+            if trainer.current_epoch == 0:
+                trainer.lr_find(state, sweep_data(), num_steps=5, progress=False)
+
+    trainer = Trainer(loss_fn, max_epochs=2, enable_progress_bar=False,
+                      callbacks=[SweepOther()])
+    trainer.fit(make_state(), ArrayDataset(make_data(96), 16))
+    assert trainer.global_step == 12 and trainer.num_step_traces == 1
 
 
 @pytest.mark.parametrize("value", [0.0])  # negative plans are refused earlier

@@ -159,3 +159,18 @@ def test_an_unknown_group_is_named():
     with pytest.raises(ValueError, match=r"groups \['bakbone'\] are not in the optimizer; its "
                                          r"groups are \['backbone', 'head'\]"):
         callbacks.init(opt_state)
+
+
+def test_an_integer_hyperparameter_nothing_writes_is_fine():
+    """optax keeps an int (weight_decay=0) as int32: only slots a callback writes must be
+    float32, so this trains."""
+    from conftest import loss_fn, make_data, make_state
+
+    from flax_lr_callbacks import ArrayDataset, OneCycle, Trainer
+
+    tx = optax.inject_hyperparams(optax.adamw, hyperparam_dtype=jnp.float32)(
+        learning_rate=1e-3, weight_decay=0)
+    trainer = Trainer(loss_fn, max_epochs=1, callbacks=[OneCycle(0.05)],
+                      enable_progress_bar=False)
+    trainer.fit(make_state(tx), ArrayDataset(make_data(32), 16))
+    assert trainer.global_step == 2

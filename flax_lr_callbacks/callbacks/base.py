@@ -66,9 +66,9 @@ class Callback:
       sets: names of hyperparameters whose base value this callback's `rule` computes.
       scales: names of hyperparameters this callback's `rule` multiplies.
       groups: optimizer groups it targets (``None``: every group that has the name).
-      observes_rejected: `observe` also sees the steps a ``nan_policy`` of ``"skip"`` or
-        ``"stop"`` rejects (not finite, update not applied; its update norm is 0). Default
-        False: a rejected step leaves this callback's state as it was.
+      observes_rejected: `observe` also sees the steps ``nan_policy="skip"`` rejects (not
+        finite, update not applied; its update norm is 0). Default False: a rejected step
+        leaves this callback's state as it was (``"stop"`` freezes every callback's state).
     """
 
     sets: tuple[str, ...] = ()

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flax_lr_callbacks.callbacks.peak import waiting_for_peak
+from flax_lr_callbacks.callbacks.peak import overwrites_base, waiting_for_peak
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 
@@ -80,7 +80,7 @@ class LRFinder(Callback):
             return self.apply_to
         i = trainer.callbacks.index(self)
         target = next((c for c in trainer.callbacks[i + 1:] if _takes_lr_peak(c)), None)
-        before = [c for c in trainer.callbacks[:i] if _takes_lr_peak(c)]
+        before = [c for c in trainer.callbacks[:i] if overwrites_base(c, "learning_rate")]
         if target is None and before:
             raise ValueError(f"LRFinder comes after {before[0]!r}, the schedule its suggestion "
                              "is for; put LRFinder() before it in callbacks")
@@ -110,6 +110,12 @@ class LRFinder(Callback):
                           RuntimeWarning, stacklevel=2)
             return
         if target is not None:
+            given = getattr(target, getattr(target, "peak_arg", ""), None)
+            if given is not None:
+                warnings.warn(f"LRFinder: {target!r} has its peak given ({given:g}); the "
+                              f"suggestion {lr:.3g} replaces it in this fit (pass None to let "
+                              "the finder choose without this warning)", UserWarning,
+                              stacklevel=2)
             target.set_peak(trainer, lr)
             from flax_lr_callbacks.plan import check_plan
 

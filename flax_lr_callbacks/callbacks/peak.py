@@ -7,7 +7,7 @@ from typing import Any
 
 from flax_lr_callbacks.validation import check_number
 
-__all__ = ["PeakFromFinder", "waiting_for_peak"]
+__all__ = ["PeakFromFinder", "overwrites_base", "waiting_for_peak"]
 
 
 class PeakFromFinder:
@@ -21,11 +21,9 @@ class PeakFromFinder:
     _peak_from_finder: float | None = None
 
     def peak(self) -> float | None:
-        """The peak the schedule applies: the one an LR finder (or `set_peak`) set, else the
-        one given to the constructor (else None)."""
-        if self._peak_from_finder is not None:
-            return self._peak_from_finder
-        return getattr(self, self.peak_arg)
+        """The peak given to the constructor, else the one an LR finder set (else None)."""
+        given = getattr(self, self.peak_arg)
+        return given if given is not None else self._peak_from_finder
 
     def check_peak(self, value: float) -> None:
         """Raises ValueError if `value` cannot be this schedule's peak."""
@@ -51,6 +49,19 @@ class PeakFromFinder:
                 f"nothing set it; put LRFinder() before it in callbacks, or pass "
                 f"{self.peak_arg}=<float>"
             )
+
+
+def overwrites_base(callback: Any, name: str) -> bool:
+    """Whether `callback` replaces the base value of `name` at every step, so a host write of
+    that base never reaches a step: an `LRSchedule` of `name`, or an LR schedule with its peak
+    given (``CosineRestarts(base_lr=None)`` reads the base instead). Composites: any child."""
+    from flax_lr_callbacks.callbacks.schedule import LRSchedule
+
+    if isinstance(callback, LRSchedule):
+        return callback.hyperparam == name
+    if isinstance(callback, PeakFromFinder) and name == "learning_rate":
+        return callback.peak_required or getattr(callback, callback.peak_arg) is not None
+    return any(overwrites_base(c, name) for c in getattr(callback, "children", ()))
 
 
 def waiting_for_peak(callbacks: Sequence[Any]) -> list[Any]:
