@@ -55,13 +55,13 @@ def overwrites_base(callback: Any, name: str) -> bool:
     """Whether `callback` replaces the base value of `name` at every step, so a host write of
     that base never reaches a step: an `LRSchedule` of `name`, or an LR schedule with its peak
     given (``CosineRestarts(base_lr=None)`` reads the base instead). Composites: any child."""
-    from flax_lr_callbacks.callbacks.schedule import LRSchedule
-
-    if isinstance(callback, LRSchedule):
-        return callback.hyperparam == name
-    if isinstance(callback, PeakFromFinder) and name == "learning_rate":
-        return callback.peak_required or getattr(callback, callback.peak_arg) is not None
-    return any(overwrites_base(c, name) for c in getattr(callback, "children", ()))
+    children = getattr(callback, "children", ())
+    if children:
+        return any(overwrites_base(c, name) for c in children)
+    if isinstance(callback, PeakFromFinder):
+        return name == "learning_rate" and (
+            callback.peak_required or getattr(callback, callback.peak_arg) is not None)
+    return getattr(callback, "replaces_base", False) and callback.hyperparam == name
 
 
 def waiting_for_peak(callbacks: Sequence[Any]) -> list[Any]:

@@ -67,6 +67,7 @@ class LRSchedule(Callback):
         self.hyperparam = check_str("hyperparam", hyperparam)
         self.sets = (hyperparam,)
         self.groups = check_names("groups", groups)
+        self.replaces_base = True  # its values replace the base (`peak.overwrites_base`)
 
         self._peak_target: float | None = None
 
