@@ -216,9 +216,9 @@ def check_targets(
     """
     found = find_groups(opt_state)
     selected = list(found) if groups is None else list(groups)
-    if [g for g in selected if g not in found]:  # a typo would leave that group alone
-        raise ValueError(f"{owner}: groups {[g for g in selected if g not in found]} are not "
-                         f"in the optimizer; its groups are {sorted(found)}")
+    if unknown := [g for g in selected if g not in found]:  # a typo: that group left alone
+        raise ValueError(f"{owner}: groups {unknown} are not in the optimizer; its groups are "
+                         f"{sorted(found)}")
     for name in names:
         present = [g for g in selected if g in found and name in found[g].hyperparams]
         if not present:

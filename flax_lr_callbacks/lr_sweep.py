@@ -79,7 +79,7 @@ def run(trainer: Any, state: Any, data: Any, *, min_lr: float, max_lr: float, nu
     base_key = jax.random.fold_in(jax.random.PRNGKey(trainer.seed), 0x5EED)
     live = getattr(trainer, "data", None)  # inside a fit: the fit's source hands batches back
     source = live
-    if live is None or live.data is not data:  # kept: the next fit on a stream gets them back
+    if live is None or live.data is not data:  # kept: the next fit on the stream gets them
         source = DataSource(data, previous=getattr(trainer, "swept", None))
         trainer.swept = source
     stream = source.sweep()

@@ -146,12 +146,12 @@ def _step(ts: TrainerState, batch: Any, loss: LossFn, callbacks: Sequence[Callba
         # except, under "skip", for callbacks that watch rejected steps (`observes_rejected`;
         # "stop" freezes every state at the last finite step)
         kept = ts.lr_state.callback_states
-        if nan_policy == "skip" and any(getattr(cb, "observes_rejected", False)
-                                        for cb in callbacks):
+        watch = [nan_policy == "skip" and getattr(cb, "observes_rejected", False)
+                 for cb in callbacks]
+        if any(watch):
             seen = lr_lib.observed(callbacks, lr, value, metrics, grads, state.params,
                                    state.params).callback_states
-            kept = tuple(new if getattr(cb, "observes_rejected", False) else old
-                         for cb, new, old in zip(callbacks, seen, kept))
+            kept = tuple(new if w else old for w, new, old in zip(watch, seen, kept))
         return ts.train_state, lr._replace(callback_states=kept)
 
     nonfinite = ts.nonfinite

@@ -116,12 +116,12 @@ class Trainer(CallbackHost):
         self.callbacks = arrange_callbacks(callbacks, progress_bar=self.enable_progress_bar)
         self.logger = combine_loggers(logger)
         self.last_dispatch_steps = 1  # steps run by the latest dispatch (hooks see them at once)
-        self._warned_skipped = False
+        self._warned_skipped, self._batch_shapes = False, None
         # Host counters (`progress`), plan and metrics, readable by callbacks (`HostContext`).
         self._reset_host(RunPlan(0, 0, 0))
         self.train_data = self.val_data = None  # the running fit's data, for callbacks (LRFinder)
         self.data: DataSource | None = None  # the running fit's data and its position
-        self._batch_shapes: Any = None
+        self.swept: DataSource | None = None  # an lr_find's own source (`lr_sweep.run`)
         self.placement = Placement.from_setting(mesh, self.data_axis)
         self.steps = CompiledSteps(self._loss, self.callbacks,
                                    buffer_size=self.log_every_n_steps, eval_fn=self.eval_fn,
@@ -197,13 +197,13 @@ class Trainer(CallbackHost):
         """Plans the fit, builds (or restores) the carried state and sets the logger up;
         returns the epoch and batch training starts at."""
         check_fit_args(resume_from, allow_changed_settings)
+        previous, self.swept = self.swept or self.data, None  # unused stream batches
         self.data = DataSource(train_data, sharding=self.placement.state_sharding(),
-                               previous=self.__dict__.pop("swept", None) or self.data)
+                               previous=previous)
         self._reset_host(run_plan(self.data, steps_per_epoch=self.steps_per_epoch_arg,
                                   max_epochs=self.max_epochs, max_steps=self.max_steps,
                                   validates=val_data is not None))
-        self._warned_skipped = False
-        self.train_data, self.val_data = train_data, val_data
+        self._warned_skipped, self.train_data, self.val_data = False, train_data, val_data
         self._index_hooks()
         first_batch = self.data.peek()
         self._batch_shapes = shapes(first_batch)

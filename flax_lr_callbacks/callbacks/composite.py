@@ -57,8 +57,9 @@ class Composite(Callback):
     def set_peak(self, trainer: Any, value: float) -> None:
         """Forwards an LR finder's suggestion to every child that schedules the learning rate
         and takes a peak (a momentum or weight-decay child keeps its values)."""
-        takers = [c for c in self.children
-                  if hasattr(c, "set_peak") and "learning_rate" in c.sets]
+        from flax_lr_callbacks.callbacks.peak import takes_lr_peak
+
+        takers = [c for c in self.children if takes_lr_peak(c)]
         if not takers:
             raise TypeError(f"no schedule inside {self!r} takes a peak learning rate")
         for child in takers:

@@ -10,19 +10,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from flax_lr_callbacks.callbacks.peak import overwrites_base, waiting_for_peak
+from flax_lr_callbacks.callbacks.peak import (PeakFromFinder, overwrites_base, takes_lr_peak,
+                                              waiting_for_peak)
 from flax_lr_callbacks.callbacks.base import Callback
 from flax_lr_callbacks.finder import DEFAULT_METHOD, LRFinderResult
 
 __all__ = ["LRFinder"]
 
 log = logging.getLogger("flax_lr_callbacks")
-
-
-def _takes_lr_peak(callback: Any) -> bool:
-    """A schedule of the learning rate that takes a peak (not a momentum or weight-decay
-    `LRSchedule`, which has `set_peak` too)."""
-    return hasattr(callback, "set_peak") and "learning_rate" in getattr(callback, "sets", ())
 
 
 class LRFinder(Callback):
@@ -65,7 +60,7 @@ class LRFinder(Callback):
 
         self.kwargs = validate_args(min_lr, max_lr, num_steps, mode, smoothing,
                                     diverge_threshold, suggestion)
-        if apply_to is not None and not _takes_lr_peak(apply_to):
+        if apply_to is not None and not takes_lr_peak(apply_to):
             raise TypeError(f"apply_to must be a callback that sets the learning rate and takes "
                             f"a peak (has set_peak), got {apply_to!r}")
         if plot_path is not None and not isinstance(plot_path, (str, os.PathLike)):
@@ -79,7 +74,7 @@ class LRFinder(Callback):
         if self.apply_to is not None:
             return self.apply_to
         i = trainer.callbacks.index(self)
-        target = next((c for c in trainer.callbacks[i + 1:] if _takes_lr_peak(c)), None)
+        target = next((c for c in trainer.callbacks[i + 1:] if takes_lr_peak(c)), None)
         before = [c for c in trainer.callbacks[:i] if overwrites_base(c, "learning_rate")]
         if target is None and before:
             raise ValueError(f"LRFinder comes after {before[0]!r}, the schedule its suggestion "
@@ -110,7 +105,7 @@ class LRFinder(Callback):
                           RuntimeWarning, stacklevel=2)
             return
         if target is not None:
-            given = getattr(target, getattr(target, "peak_arg", ""), None)
+            given = getattr(target, target.peak_arg) if isinstance(target, PeakFromFinder) else None
             if given is not None:
                 warnings.warn(f"LRFinder: {target!r} has its peak given ({given:g}); the "
                               f"suggestion {lr:.3g} replaces it in this fit (pass None to let "

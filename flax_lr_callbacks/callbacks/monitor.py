@@ -8,11 +8,12 @@ whatever other callbacks put there. Missing monitors are errors, not silent no-o
 * at fit start, a ``val_*`` monitor (or ``check_on="validation"``) in a fit that never
   validates (`RunPlan.validates` is False) raises a ValueError;
 * at a check, a monitor absent from the metrics raises a KeyError listing the available ones.
-  With a step-based ``check_on``, a ``val_*`` monitor is checked only when a validation ran
-  since the last check: the same value is never counted twice.
   The one exception is a ``val_*`` monitor checked before the first validation has run (a
   step-based ``check_on``): that check is skipped (with one warning when the host cannot tell
   whether validation will run, as in the drop-in `LRCallbacks`).
+
+With a step-based ``check_on``, a ``val_*`` monitor is checked only when a validation ran since
+the last check: the same value is never counted twice.
 
 A non-finite value is never counted as a plateau or an improvement: the check is skipped with
 a warning naming the monitor, the value and the step (`EarlyStopping` may stop on it instead).

@@ -7,7 +7,7 @@ from typing import Any
 
 from flax_lr_callbacks.validation import check_number
 
-__all__ = ["PeakFromFinder", "overwrites_base", "waiting_for_peak"]
+__all__ = ["PeakFromFinder", "overwrites_base", "takes_lr_peak", "waiting_for_peak"]
 
 
 class PeakFromFinder:
@@ -49,6 +49,12 @@ class PeakFromFinder:
                 f"nothing set it; put LRFinder() before it in callbacks, or pass "
                 f"{self.peak_arg}=<float>"
             )
+
+
+def takes_lr_peak(callback: Any) -> bool:
+    """A schedule of the learning rate that takes a peak (`set_peak`); a momentum or
+    weight-decay `LRSchedule` has `set_peak` too and is not one."""
+    return hasattr(callback, "set_peak") and "learning_rate" in getattr(callback, "sets", ())
 
 
 def overwrites_base(callback: Any, name: str) -> bool:

@@ -51,6 +51,8 @@ class LRSchedule(Callback):
       >>> momentum = LRSchedule(lambda e: 0.9 - 0.01 * e, unit="epoch", hyperparam="momentum")
     """
 
+    replaces_base = True  # its values replace the base value (`peak.overwrites_base`)
+
     def __init__(
         self,
         schedule: Callable[[jax.Array], Any],
@@ -67,7 +69,6 @@ class LRSchedule(Callback):
         self.hyperparam = check_str("hyperparam", hyperparam)
         self.sets = (hyperparam,)
         self.groups = check_names("groups", groups)
-        self.replaces_base = True  # its values replace the base (`peak.overwrites_base`)
 
         self._peak_target: float | None = None
 
